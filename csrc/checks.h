@@ -1,0 +1,41 @@
+// Argument checks shared by every device's kernels (defined in ops.cpp).
+// Messages name the operator, the argument, what was expected and what came.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace torch_relu_ext::detail {
+
+void check_linear_args(const char* op, const at::Tensor& input,
+                       const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias);
+
+void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
+                                const at::Tensor& input,
+                                const at::Tensor& weight,
+                                const at::Tensor& mask);
+
+void check_mask_unpack_args(const char* op, const at::Tensor& mask,
+                            int64_t numel);
+
+void check_prelu_args(const char* op, const at::Tensor& input,
+                      const at::Tensor& weight);
+
+void check_prelu_backward_args(const char* op, const at::Tensor& grad_output,
+                               const at::Tensor& input,
+                               const at::Tensor& weight);
+
+// (*, features) viewed as (rows, features); unlike reshape({-1, features})
+// this also works when features == 0.
+inline at::Tensor as_rows(const at::Tensor& t) {
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
+  return t.reshape({rows, t.size(-1)});
+}
+
+// Channels of a PReLU input: size(1) for 2+ dims, else 1.
+int64_t prelu_channels(const at::Tensor& input);
+
+}  // namespace torch_relu_ext::detail

@@ -1,0 +1,37 @@
+// The packed ReLU mask that fused_linear_relu keeps for backward.
+//
+// Layout: one bit per element of the (rows, out_features) output in row-major
+// order, flattened: bit e lives in byte e / 8 at position e % 8 (LSB first).
+// The mask tensor is uint8 of shape [ceil(rows * out_features / 8)]; bits past
+// the last element are zero. A bit is 1 where the pre-activation was > 0.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "macros.h"
+
+namespace torch_relu_ext::core {
+
+RELU_EXT_HD int64_t relu_mask_bytes(int64_t numel) { return (numel + 7) / 8; }
+
+RELU_EXT_HD bool relu_mask_bit(const uint8_t* mask, int64_t e) {
+  return (mask[e >> 3] >> (e & 7)) & 1;
+}
+
+// Eight bytes that are each 0 or 1 -> one byte, byte i -> bit i. The product
+// places each input byte's bit in the top byte without carries (all partial
+// products are distinct powers of two).
+inline uint8_t pack8(const uint8_t* flags) {
+  uint64_t v;
+  std::memcpy(&v, flags, 8);
+  return static_cast<uint8_t>((v * 0x0102040810204080ULL) >> 56);
+}
+
+// One mask byte -> eight bytes, byte i nonzero iff bit i is set.
+inline uint64_t unpack8(uint8_t bits) {
+  return (static_cast<uint64_t>(bits) * 0x0101010101010101ULL) &
+         0x8040201008040201ULL;
+}
+
+}  // namespace torch_relu_ext::core

@@ -1,0 +1,97 @@
+// CPU inner loops of fused_linear_relu, free of ATen: they see raw pointers to
+// contiguous row blocks, so they compile fast and can be built per ISA later.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../core/relu_mask.h"
+#include "../core/relu_math.h"
+
+namespace torch_relu_ext::cpu {
+
+// Elements handled per mask-packing step; a multiple of 8 so every step starts
+// on a mask byte boundary.
+constexpr int64_t kMaskChunk = 1024;
+
+// In place on a contiguous (rows, cols) block that holds x @ W.T: adds the bias
+// (may be null), applies ReLU and, when kWithMask, writes the block's mask bits
+// starting at `mask` (the block must start on a mask byte boundary, i.e. its
+// first flat element index is a multiple of 8). Acc is the arithmetic type
+// (float for the 16-bit types).
+template <typename T, typename Acc, bool kWithMask>
+void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols,
+                          uint8_t* mask) {
+  const int64_t n = rows * cols;
+  alignas(64) uint8_t flags[kMaskChunk + 8];
+  int64_t col = 0;  // column of the next element
+  for (int64_t e0 = 0; e0 < n; e0 += kMaskChunk) {
+    const int64_t len = std::min(kMaskChunk, n - e0);
+    for (int64_t i = 0; i < len;) {
+      const int64_t seg = std::min(len - i, cols - col);
+      T* o = out + e0 + i;
+      uint8_t* f = flags + i;
+      if (bias != nullptr) {
+        const T* b = bias + col;
+        for (int64_t j = 0; j < seg; ++j) {
+          const Acc y = static_cast<Acc>(o[j]) + static_cast<Acc>(b[j]);
+          if (kWithMask) f[j] = core::relu_passes(y);
+          o[j] = static_cast<T>(core::relu(y));
+        }
+      } else {
+        for (int64_t j = 0; j < seg; ++j) {
+          const Acc y = static_cast<Acc>(o[j]);
+          if (kWithMask) f[j] = core::relu_passes(y);
+          o[j] = static_cast<T>(core::relu(y));
+        }
+      }
+      i += seg;
+      col += seg;
+      if (col == cols) col = 0;
+    }
+    if (kWithMask) {
+      const int64_t nbytes = (len + 7) / 8;
+      for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
+      uint8_t* m = mask + e0 / 8;
+      for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+    }
+  }
+}
+
+// grad_masked = mask ? grad : 0 on a contiguous (rows, cols) block whose first
+// element has flat index e0 (a multiple of 8) in the mask. When bias_acc is not
+// null, adds each column's sum of grad_masked to bias_acc[col].
+template <typename T, typename Red>
+void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask,
+                     int64_t e0, int64_t rows, int64_t cols, Red* bias_acc) {
+  const int64_t n = rows * cols;
+  alignas(64) uint64_t words[kMaskChunk / 8];
+  const auto* flags = reinterpret_cast<const uint8_t*>(words);
+  const uint8_t* m = mask + e0 / 8;
+  int64_t col = 0;
+  for (int64_t e = 0; e < n; e += kMaskChunk) {
+    const int64_t len = std::min(kMaskChunk, n - e);
+    const int64_t nbytes = (len + 7) / 8;
+    for (int64_t k = 0; k < nbytes; ++k) words[k] = core::unpack8(m[e / 8 + k]);
+    for (int64_t i = 0; i < len;) {
+      const int64_t seg = std::min(len - i, cols - col);
+      const T* g = grad + e + i;
+      T* o = grad_masked + e + i;
+      const uint8_t* f = flags + i;
+      // Unconditional load, then a select: the loop vectorizes.
+      for (int64_t j = 0; j < seg; ++j) {
+        const T gv = g[j];
+        o[j] = f[j] ? gv : T(0);
+      }
+      if (bias_acc != nullptr) {
+        Red* b = bias_acc + col;
+        for (int64_t j = 0; j < seg; ++j) b[j] += static_cast<Red>(o[j]);
+      }
+      i += seg;
+      col += seg;
+      if (col == cols) col = 0;
+    }
+  }
+}
+
+}  // namespace torch_relu_ext::cpu

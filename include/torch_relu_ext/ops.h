@@ -1,0 +1,48 @@
+// Public C++ API of torch-relu-ext. Each function calls the registered
+// relu_ext operator through the PyTorch dispatcher, so autograd, device
+// dispatch and TorchScript see exactly what Python sees.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+namespace torch_relu_ext {
+
+// relu(input @ weight.T + bias). input (*, in_features), weight
+// (out_features, in_features), bias (out_features) or none.
+at::Tensor fused_linear_relu(const at::Tensor& input, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias = std::nullopt);
+
+// Forward that also returns the packed ReLU mask kept for backward: uint8
+// [ceil(rows * out_features / 8)], bit e (LSB first) set where output
+// element e (row-major over (rows, out_features)) had a pre-activation that
+// is not <= 0 (positive or NaN: where eager ReLU's backward passes grad).
+std::tuple<at::Tensor, at::Tensor> fused_linear_relu_forward(
+    const at::Tensor& input, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias = std::nullopt);
+
+// Gradients of fused_linear_relu from the saved input, weight and mask.
+// output_mask selects (grad_input, grad_weight, grad_bias); unselected ones
+// are returned undefined.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_relu_backward(
+    const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, const at::Tensor& mask,
+    std::array<bool, 3> output_mask);
+
+// The packed mask expanded to a bool tensor of the given shape.
+at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size);
+
+// F.prelu(input, weight) plus, per channel, the number of strictly positive
+// input elements (int64 [C]; C = input.size(1) for 2+ dims, else 1).
+std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input,
+                                              const at::Tensor& weight);
+
+// (grad_input, grad_weight) of dead_prelu; output_mask selects which.
+std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(
+    const at::Tensor& grad_output, const at::Tensor& input,
+    const at::Tensor& weight, std::array<bool, 2> output_mask);
+
+}  // namespace torch_relu_ext

@@ -1,0 +1,271 @@
+"""fused_linear_relu against torch.nn.functional (float64 references)."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import MAG_TOL, assert_within
+from torch_relu_ext import functional as RF
+
+ops = torch.ops.relu_ext
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def make_input(lead, in_f, dtype, layout="contiguous"):
+    """An input of shape (*lead, in_f) in the requested memory layout."""
+    shape = tuple(lead) + (in_f,)
+    if layout == "contiguous":
+        return torch.randn(shape, dtype=dtype)
+    if layout == "transposed":
+        # Last dim not innermost: a transposed view.
+        base = torch.randn(tuple(reversed(shape)), dtype=dtype)
+        return base.permute(*reversed(range(len(shape))))
+    if layout == "sliced":
+        base = torch.randn(shape[:-1] + (2 * in_f,), dtype=dtype)
+        return base[..., ::2]
+    if layout == "expanded":
+        if not lead:
+            return torch.randn(shape, dtype=dtype)
+        base = torch.randn((1,) * len(lead) + (in_f,), dtype=dtype)
+        return base.expand(shape)
+    raise ValueError(layout)
+
+
+def reference(x, w, b):
+    """Float64 pre-activation and its magnitude bound sum|x w| + |b|."""
+    x64, w64 = x.double(), w.double()
+    pre = x64 @ w64.T
+    mag = x64.abs() @ w64.abs().T
+    if b is not None:
+        pre = pre + b.double()
+        mag = mag + b.double().abs()
+    return pre, mag
+
+
+def check_forward_and_grads(x, w, b):
+    dtype = x.dtype
+    out_f = w.shape[0]
+    pre, mag = reference(x, w, b)
+    out = RF.fused_linear_relu(x, w, b)
+    assert out.dtype == dtype and out.shape == x.shape[:-1] + (out_f,)
+    assert_within(out, F.relu(pre), mag, dtype, "output")
+
+    out2, mask = ops.fused_linear_relu_forward(x, w, b)
+    assert torch.equal(out2, out) or torch.allclose(out2, out, equal_nan=True, atol=0, rtol=0)
+    assert mask.dtype == torch.uint8 and mask.shape == ((out.numel() + 7) // 8,)
+    active = ops.relu_mask_unpack(mask, list(out.shape))
+    # The mask is "pre-activation not <= 0" (positive or NaN); near 0 the rounding of this dtype may
+    # legitimately decide either way, so only clear cases are compared.
+    clear = (pre.abs() > MAG_TOL[dtype] * mag) | pre.isnan()
+    assert torch.equal(active[clear], (~(pre <= 0))[clear])
+    # Bits past the last element are zero.
+    n = out.numel()
+    if n % 8:
+        assert int(mask[-1]) >> (n % 8) == 0
+
+    # Gradients: the float64 reference uses the kernel's own mask (checked
+    # above) so that near-zero pre-activations do not flip the comparison.
+    xr = x.detach().clone().requires_grad_()
+    wr = w.detach().clone().requires_grad_()
+    br = None if b is None else b.detach().clone().requires_grad_()
+    y = RF.fused_linear_relu(xr, wr, br)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, [t for t in (xr, wr, br) if t is not None], g)
+    rows = int(torch.tensor(x.shape[:-1]).prod())
+    gm = torch.where(active, g.double(), 0.0).reshape(rows, out_f)
+    x2 = x.double().reshape(rows, x.shape[-1])
+    ref_gi = (gm @ w.double()).reshape(x.shape)
+    ref_gw = gm.T @ x2
+    mag_gi = (gm.abs() @ w.double().abs()).reshape(x.shape)
+    mag_gw = gm.abs().T @ x2.abs()
+    assert_within(grads[0], ref_gi, mag_gi, dtype, "grad_input")
+    assert_within(grads[1], ref_gw, mag_gw, dtype, "grad_weight")
+    if b is not None:
+        assert_within(grads[2], gm.sum(0), gm.abs().sum(0), dtype, "grad_bias")
+    for t, gr in zip((xr, wr, br), grads):
+        assert gr.shape == t.shape and gr.dtype == dtype
+
+
+SHAPES = [
+    # (leading dims, in_features, out_features)
+    ((), 7, 5),
+    ((1,), 1, 1),
+    ((3,), 13, 11),
+    ((0,), 4, 3),
+    ((5, 0), 4, 3),
+    ((4,), 0, 3),
+    ((2, 3), 17, 9),
+    ((2, 3, 4), 6, 33),
+    ((64,), 64, 64),
+    ((37,), 130, 257),
+    ((9000,), 16, 33),   # many row blocks: the parallel per-block path
+    ((30000,), 3, 5),    # few blocks, odd width: the split epilogue path
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lead,in_f,out_f", SHAPES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_functional(dtype, lead, in_f, out_f, bias):
+    x = make_input(lead, in_f, dtype)
+    w = torch.randn(out_f, in_f, dtype=dtype) / max(1, in_f) ** 0.5
+    b = torch.randn(out_f, dtype=dtype) if bias else None
+    check_forward_and_grads(x, w, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_strided_inputs(dtype, layout):
+    x = make_input((6, 5), 19, dtype, layout)
+    assert not x.is_contiguous()
+    w = torch.randn(23, 19, dtype=dtype)
+    b = torch.randn(23, dtype=dtype)
+    check_forward_and_grads(x, w, b)
+    # Non-contiguous weight and bias too.
+    wt = torch.randn(19, 23, dtype=dtype).T
+    b2 = torch.randn(46, dtype=dtype)[::2]
+    check_forward_and_grads(x, wt, b2)
+
+
+def test_float64_exactly_like_eager():
+    x = torch.randn(33, 21, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(15, 21, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(15, dtype=torch.float64, requires_grad=True)
+    y = RF.fused_linear_relu(x, w, b)
+    r = F.relu(F.linear(x, w, b))
+    torch.testing.assert_close(y, r, rtol=1e-13, atol=1e-13)
+    g = torch.randn_like(y)
+    for a, e in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(r, (x, w, b), g)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_inf_signed_zero(dtype):
+    x = torch.randn(16, 8, dtype=dtype)
+    x[2, 3] = float("nan")
+    x[5, 1] = float("inf")
+    x[7, 0] = -float("inf")
+    w = torch.randn(6, 8, dtype=dtype)
+    b = torch.randn(6, dtype=dtype)
+    b[4] = float("nan")
+    w[1] = 0.0
+    b[1] = -0.0  # pre-activation is exactly -0.0 or +0.0 on finite rows
+    out = RF.fused_linear_relu(x, w, b)
+    ref = F.relu(F.linear(x.double(), w.double(), b.double()))
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.isinf(), ref.isinf())
+    # Column 1 is ReLU(+-0) on finite rows: gradient blocked; on rows holding
+    # NaN or +-Inf it is 0 * Inf = NaN: gradient passed (as in eager).
+    _, mask = ops.fused_linear_relu_forward(x, w, b)
+    active = ops.relu_mask_unpack(mask, [16, 6])
+    odd_rows = [2, 5, 7]
+    finite_rows = [r for r in range(16) if r not in odd_rows]
+    assert not active[finite_rows, 1].any()
+    assert active[odd_rows, 1].all()
+    # NaN pre-activations pass the gradient, as threshold_backward does.
+    assert active[:, 4].all()
+    assert active[2].all()
+    # Gradients propagate NaN exactly as the eager composition does.
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    xe, we, be = (t.detach().double().requires_grad_() for t in (x, w, b))
+    y = RF.fused_linear_relu(xr, wr, br)
+    e = F.relu(F.linear(xe, we, be))
+    g = torch.randn_like(y)
+    for a, r in zip(torch.autograd.grad(y, (xr, wr, br), g), torch.autograd.grad(e, (xe, we, be), g)):
+        torch.testing.assert_close(a, r, equal_nan=True, rtol=1e-12, atol=1e-12)
+
+
+def test_relu_of_negative_zero_matches_torch():
+    # torch.relu(-0.0) is -0.0: reproduced bit for bit.
+    x = torch.zeros(4, 1)
+    w = torch.ones(3, 1)
+    b = torch.tensor([-0.0, 0.0, -1.0])
+    out = RF.fused_linear_relu(x, w, b)
+    ref = F.relu(F.linear(x, w, b))
+    assert torch.equal(out.signbit(), ref.signbit())
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gradcheck_and_gradgradcheck(bias):
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+    args = (x, w, b) if bias else (x, w)
+    assert torch.autograd.gradcheck(RF.fused_linear_relu, args)
+    assert torch.autograd.gradgradcheck(RF.fused_linear_relu, args)
+
+
+def test_gradgradcheck_leading_dims():
+    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(RF.fused_linear_relu, (x, w, b))
+
+
+def test_gradient_penalty_matches_eager():
+    # Double backward in a real use: an input-gradient penalty.
+    def penalty(fn, x, w, b):
+        y = fn(x, w, b)
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        return (gx ** 2).sum()
+
+    x0 = torch.randn(10, 7, dtype=torch.float64)
+    w0 = torch.randn(5, 7, dtype=torch.float64)
+    b0 = torch.randn(5, dtype=torch.float64)
+    grads = []
+    for fn in (RF.fused_linear_relu, lambda x, w, b: F.relu(F.linear(x, w, b))):
+        x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
+        p = penalty(fn, x, w, b)
+        grads.append(torch.autograd.grad(p, (x, w, b), allow_unused=True, materialize_grads=True))
+    for a, e in zip(*grads):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+def test_only_needed_gradients():
+    x = torch.randn(8, 4)
+    w = torch.randn(3, 4, requires_grad=True)
+    b = torch.randn(3)
+    y = RF.fused_linear_relu(x, w, b)
+    (gw,) = torch.autograd.grad(y.sum(), w)
+    pre = x @ w.detach().T + b
+    torch.testing.assert_close(gw, ((pre > 0).float()).T @ x)
+
+
+def test_inference_path_skips_mask_and_matches():
+    x = torch.randn(50, 12)
+    w = torch.randn(9, 12, requires_grad=True)
+    with torch.no_grad():
+        y = RF.fused_linear_relu(x, w)
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, F.relu(F.linear(x, w.detach())))
+
+
+def test_inputs_not_modified():
+    x = torch.randn(20, 6, requires_grad=True)
+    w = torch.randn(7, 6, requires_grad=True)
+    b = torch.randn(7, requires_grad=True)
+    copies = [t.detach().clone() for t in (x, w, b)]
+    y = RF.fused_linear_relu(x, w, b)
+    g = torch.randn_like(y)
+    g_copy = g.clone()
+    y.backward(g)
+    for t, c in zip((x, w, b), copies):
+        assert torch.equal(t.detach(), c)
+    assert torch.equal(g, g_copy)
+
+
+@pytest.mark.parametrize("lead", [(), (7,), (3, 5), (2, 0)], ids=str)
+def test_backward_op_output_mask(lead):
+    x = torch.randn(lead + (6,))
+    w = torch.randn(4, 6)
+    out, mask = ops.fused_linear_relu_forward(x, w, None)
+    g = torch.randn_like(out)
+    for sel in itertools.product([False, True], repeat=3):
+        gi, gw, gb = ops.fused_linear_relu_backward(g, x, w, mask, list(sel))
+        for flag, t, shape in zip(sel, (gi, gw, gb), (x.shape, w.shape, (4,))):
+            if flag:
+                assert t is not None and t.shape == shape
+            else:
+                assert t is None

@@ -1,0 +1,24 @@
+"""torch-relu-ext: fused linear+ReLU and dead-neuron-aware PReLU operators.
+
+Importing this package registers the ``torch.ops.relu_ext`` operators (their
+CPU kernels and C++ autograd live in the compiled ``_C`` module).
+"""
+
+import torch  # noqa: F401  (libtorch must be loaded before _C)
+
+from . import _C  # noqa: F401  (registers torch.ops.relu_ext.*)
+from . import _meta  # noqa: F401  (fake kernels for compile/export/meta)
+from . import functional, nn
+from ._version import __version__
+from .functional import dead_prelu, fused_linear_relu
+from .nn import DeadAwarePReLU, FusedLinearReLU
+
+__all__ = [
+    "__version__",
+    "functional",
+    "nn",
+    "fused_linear_relu",
+    "dead_prelu",
+    "FusedLinearReLU",
+    "DeadAwarePReLU",
+]

@@ -1,0 +1,49 @@
+"""Functional forms of the relu_ext operators (thin wrappers over torch.ops)."""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["fused_linear_relu", "dead_prelu", "relu_mask_unpack"]
+
+
+def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``relu(input @ weight.T + bias)`` in one operator.
+
+    Shapes: ``input`` (*, in_features), ``weight`` (out_features, in_features),
+    ``bias`` (out_features) or None; result (*, out_features).
+
+    For backward it keeps the input, the weight and a 1-bit-per-element ReLU
+    mask instead of the output (32x less than eager for the ReLU in float32).
+
+    Example::
+
+        >>> x, w, b = torch.randn(8, 4), torch.randn(3, 4), torch.randn(3)
+        >>> torch.equal(fused_linear_relu(x, w, b) > 0, torch.relu(x @ w.T + b) > 0)
+        True
+    """
+    return torch.ops.relu_ext.fused_linear_relu(input, weight, bias)
+
+
+def dead_prelu(input: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """``F.prelu(input, weight)`` plus per-channel active counts, in one pass.
+
+    Returns ``(output, active_count)``: ``output`` equals ``F.prelu(input,
+    weight)``; ``active_count`` is int64 of shape (C,), the number of strictly
+    positive input elements per channel (C = input.size(1) for inputs with 2+
+    dims, else 1). A channel whose count stays 0 is dead.
+
+    Example::
+
+        >>> out, count = dead_prelu(torch.tensor([[1.0, -2.0], [3.0, -4.0]]), torch.tensor([0.25]))
+        >>> count.tolist()
+        [2, 0]
+    """
+    out, count = torch.ops.relu_ext.dead_prelu(input, weight)
+    return out, count
+
+
+def relu_mask_unpack(mask: Tensor, size: list[int]) -> Tensor:
+    """The packed ReLU mask of ``fused_linear_relu_forward`` as a bool tensor."""
+    return torch.ops.relu_ext.relu_mask_unpack(mask, size)
