@@ -9,7 +9,7 @@ import glob
 import os
 
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -27,21 +27,41 @@ def version():
     return ns["__version__"]
 
 
-# The operator library (schemas, CPU kernels, autograd) plus the Python-only
+def build_cuda():
+    """CUDA kernels are built whenever nvcc is found, GPU or not (CI has nvcc and
+    no GPU). TORCH_RELU_EXT_CPU_ONLY=1 forces a CPU-only build. Never decided
+    from torch.cuda.is_available()."""
+    if os.environ.get("TORCH_RELU_EXT_CPU_ONLY", "0") not in ("", "0"):
+        return False
+    return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+
+
+# The operator library (schemas, kernels, autograd) plus the Python-only
 # module init. The CMake build of the LibTorch library takes the same sources
 # minus csrc/python.
 SOURCES = rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp") + rel("csrc/autograd/*.cpp") + rel("csrc/python/*.cpp")
 HEADERS = rel("csrc/**/*.h") + rel("include/**/*.h")
-
-ext = CppExtension(
+# -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
+# into vector blends; nothing here relies on floating-point traps.
+CXX_FLAGS = ["-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+COMMON = dict(
     name="torch_relu_ext._C",
-    sources=SOURCES,
     depends=HEADERS,
     include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "csrc")],
-    # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
-    # into vector blends; nothing here relies on floating-point traps.
-    extra_compile_args={"cxx": ["-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Wno-unused-parameter"]},
 )
+
+if build_cuda():
+    # Explicit architectures (a machine without a GPU cannot be asked):
+    # Ampere and Hopper machine code plus PTX for newer cards.
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    ext = CUDAExtension(
+        sources=SOURCES + rel("csrc/cuda/*.cu"),
+        extra_compile_args={"cxx": CXX_FLAGS + ["-DRELU_EXT_WITH_CUDA"], "nvcc": ["-O3", "-DRELU_EXT_WITH_CUDA"]},
+        libraries=["cublasLt"],
+        **COMMON,
+    )
+else:
+    ext = CppExtension(sources=SOURCES, extra_compile_args={"cxx": CXX_FLAGS}, **COMMON)
 
 setup(
     name="torch-relu-ext",

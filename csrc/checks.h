@@ -18,7 +18,10 @@ void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
                                 const at::Tensor& mask);
 
 void check_mask_unpack_args(const char* op, const at::Tensor& mask,
-                            int64_t numel);
+                            int64_t rows, int64_t out_features);
+
+// Whether masks on this device use the padded (cuBLASLt) leading dimension.
+inline bool mask_padded(const at::Device& device) { return device.is_cuda(); }
 
 void check_prelu_args(const char* op, const at::Tensor& input,
                       const at::Tensor& weight);

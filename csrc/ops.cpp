@@ -167,23 +167,22 @@ void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
   TORCH_CHECK(mask.device() == input.device(), op,
               ": expected argument 'mask' to be on ", input.device(),
               ", but it is on ", mask.device());
-  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.dim() == 1 &&
-                  mask.size(0) == core::relu_mask_bytes(grad_output.numel()),
-              op, ": expected argument 'mask' to be a uint8 tensor of shape (",
-              core::relu_mask_bytes(grad_output.numel()),
-              ",) as returned by fused_linear_relu_forward, but got ",
-              mask.scalar_type(), " of shape ", mask.sizes());
+  const int64_t out_f = weight.size(0);
+  const int64_t rows = out_f == 0 ? 0 : grad_output.numel() / out_f;
+  check_mask_unpack_args(op, mask, rows, out_f);
 }
 
 void check_mask_unpack_args(const char* op, const at::Tensor& mask,
-                            int64_t numel) {
+                            int64_t rows, int64_t out_features) {
   check_tensor(op, "mask", mask);
+  const int64_t bytes =
+      core::relu_mask_bytes(rows, out_features, mask_padded(mask.device()));
   TORCH_CHECK(mask.scalar_type() == at::kByte && mask.dim() == 1 &&
-                  mask.size(0) == core::relu_mask_bytes(numel),
+                  mask.size(0) == bytes,
               op, ": expected argument 'mask' to be a uint8 tensor of shape (",
-              core::relu_mask_bytes(numel), ",) for ", numel,
-              " elements, but got ", mask.scalar_type(), " of shape ",
-              mask.sizes());
+              bytes, ",) as returned by fused_linear_relu_forward for ", rows,
+              " rows of ", out_features, " features on ", mask.device(),
+              ", but got ", mask.scalar_type(), " of shape ", mask.sizes());
 }
 
 int64_t prelu_channels(const at::Tensor& input) {

@@ -41,3 +41,10 @@ def assert_within(actual, exact, magnitude, dtype, what=""):
     if err.numel():
         worst = (err / bound).max().item()
         assert worst <= 1.0, f"{what}: error {worst:.3g}x over the {dtype} bound"
+
+
+def mask_bytes(rows, out_features, device):
+    """Size of the packed ReLU mask: ld = out_features bits per row on CPU,
+    rounded up to a multiple of 128 on CUDA (cuBLASLt's rule)."""
+    ld = (out_features + 127) // 128 * 128 if torch.device(device).type == "cuda" else out_features
+    return (rows * ld + 7) // 8

@@ -22,18 +22,19 @@ def channels(x):
     return x.shape[1] if x.dim() >= 2 else 1
 
 
-def make(shape, dtype, layout):
+def make(shape, dtype, layout, device="cpu"):
+    kw = dict(dtype=dtype, device=device)
     if layout == "contiguous":
-        return torch.randn(shape, dtype=dtype)
+        return torch.randn(shape, **kw)
     if layout == "channels_last":
         mf = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
-        return torch.randn(shape, dtype=dtype).to(memory_format=mf)
+        return torch.randn(shape, **kw).to(memory_format=mf)
     if layout == "transposed":
-        return torch.randn(tuple(reversed(shape)), dtype=dtype).permute(*reversed(range(len(shape))))
+        return torch.randn(tuple(reversed(shape)), **kw).permute(*reversed(range(len(shape))))
     if layout == "sliced":
-        return torch.randn(shape[:-1] + (2 * shape[-1],), dtype=dtype)[..., ::2]
+        return torch.randn(shape[:-1] + (2 * shape[-1],), **kw)[..., ::2]
     if layout == "expanded":
-        return torch.randn((1,) + shape[1:], dtype=dtype).expand(shape)
+        return torch.randn((1,) + shape[1:], **kw).expand(shape)
     raise ValueError(layout)
 
 

@@ -1,34 +1,36 @@
 """fused_linear_relu against torch.nn.functional (float64 references)."""
 
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import MAG_TOL, assert_within
+from helpers import MAG_TOL, assert_within, mask_bytes
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 
-def make_input(lead, in_f, dtype, layout="contiguous"):
+def make_input(lead, in_f, dtype, layout="contiguous", device="cpu"):
     """An input of shape (*lead, in_f) in the requested memory layout."""
     shape = tuple(lead) + (in_f,)
+    kw = dict(dtype=dtype, device=device)
     if layout == "contiguous":
-        return torch.randn(shape, dtype=dtype)
+        return torch.randn(shape, **kw)
     if layout == "transposed":
         # Last dim not innermost: a transposed view.
-        base = torch.randn(tuple(reversed(shape)), dtype=dtype)
+        base = torch.randn(tuple(reversed(shape)), **kw)
         return base.permute(*reversed(range(len(shape))))
     if layout == "sliced":
-        base = torch.randn(shape[:-1] + (2 * in_f,), dtype=dtype)
+        base = torch.randn(shape[:-1] + (2 * in_f,), **kw)
         return base[..., ::2]
     if layout == "expanded":
         if not lead:
-            return torch.randn(shape, dtype=dtype)
-        base = torch.randn((1,) * len(lead) + (in_f,), dtype=dtype)
+            return torch.randn(shape, **kw)
+        base = torch.randn((1,) * len(lead) + (in_f,), **kw)
         return base.expand(shape)
     raise ValueError(layout)
 
@@ -54,15 +56,17 @@ def check_forward_and_grads(x, w, b):
 
     out2, mask = ops.fused_linear_relu_forward(x, w, b)
     assert torch.equal(out2, out) or torch.allclose(out2, out, equal_nan=True, atol=0, rtol=0)
-    assert mask.dtype == torch.uint8 and mask.shape == ((out.numel() + 7) // 8,)
+    rows = math.prod(x.shape[:-1])
+    assert mask.dtype == torch.uint8 and mask.shape == (mask_bytes(rows, out_f, x.device),)
     active = ops.relu_mask_unpack(mask, list(out.shape))
     # The mask is "pre-activation not <= 0" (positive or NaN); near 0 the rounding of this dtype may
     # legitimately decide either way, so only clear cases are compared.
     clear = (pre.abs() > MAG_TOL[dtype] * mag) | pre.isnan()
     assert torch.equal(active[clear], (~(pre <= 0))[clear])
-    # Bits past the last element are zero.
+    # Bits past the last element are zero (CPU's compact layout; the CUDA
+    # layout's padding is checked in test_cuda.py).
     n = out.numel()
-    if n % 8:
+    if n % 8 and x.device.type == "cpu":
         assert int(mask[-1]) >> (n % 8) == 0
 
     # Gradients: the float64 reference uses the kernel's own mask (checked
@@ -73,7 +77,6 @@ def check_forward_and_grads(x, w, b):
     y = RF.fused_linear_relu(xr, wr, br)
     g = torch.randn_like(y)
     grads = torch.autograd.grad(y, [t for t in (xr, wr, br) if t is not None], g)
-    rows = int(torch.tensor(x.shape[:-1]).prod())
     gm = torch.where(active, g.double(), 0.0).reshape(rows, out_f)
     x2 = x.double().reshape(rows, x.shape[-1])
     ref_gi = (gm @ w.double()).reshape(x.shape)
@@ -141,14 +144,14 @@ def test_float64_exactly_like_eager():
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nan_inf_signed_zero(dtype):
-    x = torch.randn(16, 8, dtype=dtype)
+def nan_inf_case(dtype, device="cpu"):
+    """NaN, +-Inf and signed zeros flow exactly as in the eager composition."""
+    x = torch.randn(16, 8, dtype=dtype, device=device)
     x[2, 3] = float("nan")
     x[5, 1] = float("inf")
     x[7, 0] = -float("inf")
-    w = torch.randn(6, 8, dtype=dtype)
-    b = torch.randn(6, dtype=dtype)
+    w = torch.randn(6, 8, dtype=dtype, device=device)
+    b = torch.randn(6, dtype=dtype, device=device)
     b[4] = float("nan")
     w[1] = 0.0
     b[1] = -0.0  # pre-activation is exactly -0.0 or +0.0 on finite rows
@@ -177,11 +180,16 @@ def test_nan_inf_signed_zero(dtype):
         torch.testing.assert_close(a, r, equal_nan=True, rtol=1e-12, atol=1e-12)
 
 
-def test_relu_of_negative_zero_matches_torch():
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_inf_signed_zero(dtype):
+    nan_inf_case(dtype)
+
+
+def test_relu_of_negative_zero_matches_torch(device="cpu"):
     # torch.relu(-0.0) is -0.0: reproduced bit for bit.
-    x = torch.zeros(4, 1)
-    w = torch.ones(3, 1)
-    b = torch.tensor([-0.0, 0.0, -1.0])
+    x = torch.zeros(4, 1, device=device)
+    w = torch.ones(3, 1, device=device)
+    b = torch.tensor([-0.0, 0.0, -1.0], device=device)
     out = RF.fused_linear_relu(x, w, b)
     ref = F.relu(F.linear(x, w, b))
     assert torch.equal(out.signbit(), ref.signbit())

@@ -44,8 +44,11 @@ def _check_linear(op, input, weight, bias):
         )
 
 
-def _mask_bytes(numel):
-    return (numel + 7) // 8
+def _mask_bytes(rows, out_features, device):
+    """Bytes of the packed ReLU mask (csrc/core/relu_mask.h): ld = out_features
+    bits per row on CPU, out_features rounded up to 128 on CUDA (cuBLASLt)."""
+    ld = (out_features + 127) // 128 * 128 if device.type == "cuda" else out_features
+    return (rows * ld + 7) // 8
 
 
 def _rows(input):
@@ -65,7 +68,7 @@ def _fused_linear_relu_fake(input, weight, bias=None):
 def _fused_linear_relu_forward_fake(input, weight, bias=None):
     _check_linear("relu_ext::fused_linear_relu_forward", input, weight, bias)
     out = input.new_empty(tuple(input.shape[:-1]) + (weight.shape[0],))
-    mask = input.new_empty((_mask_bytes(_rows(input) * weight.shape[0]),), dtype=torch.uint8)
+    mask = input.new_empty((_mask_bytes(_rows(input), weight.shape[0], input.device),), dtype=torch.uint8)
     return out, mask
 
 
@@ -74,9 +77,10 @@ def _fused_linear_relu_backward_fake(grad_output, input, weight, mask, output_ma
     op = "relu_ext::fused_linear_relu_backward"
     _check_linear(op, input, weight, None)
     _check_same_device(op, "input", input, grad_output=grad_output)
+    expected = _mask_bytes(_rows(input), weight.shape[0], input.device)
     torch._check(
-        mask.dtype == torch.uint8 and mask.dim() == 1 and mask.shape[0] == _mask_bytes(grad_output.numel()),
-        lambda: f"{op}: expected argument 'mask' to be a uint8 tensor of shape ({_mask_bytes(grad_output.numel())},)",
+        mask.dtype == torch.uint8 and mask.dim() == 1 and mask.shape[0] == expected,
+        lambda: f"{op}: expected argument 'mask' to be a uint8 tensor of shape ({expected},)",
     )
     gi = input.new_empty(input.shape) if output_mask[0] else None
     gw = weight.new_empty(weight.shape) if output_mask[1] else None

@@ -15,6 +15,16 @@ namespace torch_relu_ext::core {
 
 RELU_EXT_HD int64_t relu_mask_bytes(int64_t numel) { return (numel + 7) / 8; }
 
+// Leading dimension (in bits) of the mask for a device kind.
+RELU_EXT_HD int64_t relu_mask_ld(int64_t out_features, bool padded) {
+  return padded ? (out_features + 127) / 128 * 128 : out_features;
+}
+
+RELU_EXT_HD int64_t relu_mask_bytes(int64_t rows, int64_t out_features,
+                                    bool padded) {
+  return relu_mask_bytes(rows * relu_mask_ld(out_features, padded));
+}
+
 RELU_EXT_HD bool relu_mask_bit(const uint8_t* mask, int64_t e) {
   return (mask[e >> 3] >> (e & 7)) & 1;
 }

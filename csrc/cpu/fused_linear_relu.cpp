@@ -56,7 +56,7 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
   Tensor out = at::empty({rows, out_f}, input.options());
   Tensor mask;
   if (kWithMask) {
-    mask = at::empty({core::relu_mask_bytes(rows * out_f)},
+    mask = at::empty({core::relu_mask_bytes(rows, out_f, /*padded=*/false)},
                      input.options().dtype(at::kByte));
   }
   if (rows == 0 || out_f == 0) return {out.view(out_sizes), mask};
@@ -172,15 +172,22 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(
 
 Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   const at::IntArrayRef size = C10_AS_INTARRAYREF_SLOW(sym_size);
-  int64_t numel = 1;
-  for (const int64_t s : size) numel *= s;
-  detail::check_mask_unpack_args("relu_ext::relu_mask_unpack", mask, numel);
   Tensor out = at::empty(size, mask.options().dtype(at::kBool));
+  const Tensor rows_view = detail::as_rows(out.dim() == 0 ? out.reshape({1}) : out);
+  const int64_t rows = rows_view.size(0);
+  const int64_t cols = rows_view.size(1);
+  detail::check_mask_unpack_args("relu_ext::relu_mask_unpack", mask, rows, cols);
   const Tensor m = mask.contiguous();
   const uint8_t* m_p = m.data_ptr<uint8_t>();
   bool* o = out.data_ptr<bool>();
-  at::parallel_for(0, numel, 65536, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) o[e] = core::relu_mask_bit(m_p, e);
+  const int64_t ld = core::relu_mask_ld(cols, false);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols)),
+                   [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        o[r * cols + c] = core::relu_mask_bit(m_p, r * ld + c);
+      }
+    }
   });
   return out;
 }

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call, on a bare machine that has a GPU,
+# torch, nvcc, pytest and ninja but no network (nothing is installed):
+#   1. build the extension for the card,  2. the whole test suite (CUDA tests
+#   included),  3. compute-sanitizer memcheck on a small run of every kernel,
+#   4. the GPU benchmark, with its table printed last.
+# Usage: bash benchmarks/gpu_check.sh [OUTDIR]   (logs and results go there)
+# Takes about 5 minutes on an H100/H200.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUTDIR="${1:-${OUT:-$ROOT/gpu_check_out}}"
+mkdir -p "$OUTDIR"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUTDIR/device.txt"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUTDIR/device.txt"
+
+step "build"
+CAP="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
+if ! TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$CAP}" MAX_JOBS="${MAX_JOBS:-16}" \
+    timeout 300 "$PY" setup.py build_ext --inplace >"$OUTDIR/build.log" 2>&1; then
+  tail -40 "$OUTDIR/build.log"; echo "BUILD FAILED"; exit 1
+fi
+grep -iE "warning|error" "$OUTDIR/build.log" | grep -v "No CUDA runtime\|SetuptoolsWarning\|Deprecat" | head -20
+echo "built for sm_${CAP/./}"
+
+step "tests"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider --maxfail=30 tests >"$OUTDIR/tests.log" 2>&1 || status=1
+grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -30
+tail -3 "$OUTDIR/tests.log"
+tail -1 "$OUTDIR/tests.log" > "$OUTDIR/tests_summary.txt"
+
+step "compute-sanitizer memcheck"
+if command -v compute-sanitizer >/dev/null; then
+  timeout 240 compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+    "$PY" benchmarks/sanitizer_smoke.py >"$OUTDIR/sanitizer.log" 2>&1
+  rc=$?
+  tail -5 "$OUTDIR/sanitizer.log"
+  echo "compute-sanitizer exit code: $rc"; [ $rc = 0 ] || status=1
+else
+  echo "compute-sanitizer not found"
+fi
+
+step "benchmark"
+timeout 240 "$PY" benchmarks/gpu_bench.py ${BENCH_ARGS:-} --json "$OUTDIR/gpu_bench.json" --md "$OUTDIR/gpu_bench.md" >"$OUTDIR/bench.log" 2>&1 || status=1
+
+step "summary"
+echo "tests: $(cat "$OUTDIR/tests_summary.txt" 2>/dev/null)"
+cat "$OUTDIR/gpu_bench.md" 2>/dev/null || tail -20 "$OUTDIR/bench.log"
+exit $status
