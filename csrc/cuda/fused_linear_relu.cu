@@ -131,9 +131,20 @@ __global__ void mask_unpack_kernel(const uint8_t* __restrict__ mask,
 // ---------------------------------------------------------------------------
 // cuBLASLt path.
 
-bool cublaslt_disabled() {
-  const char* v = std::getenv("TORCH_RELU_EXT_DISABLE_CUBLASLT");
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
   return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
+}
+
+bool cublaslt_disabled() { return env_flag("TORCH_RELU_EXT_DISABLE_CUBLASLT"); }
+
+// TORCH_RELU_EXT_VERBOSE=1 says why cuBLASLt declined a call.
+bool declined(const char* why, int status) {
+  if (env_flag("TORCH_RELU_EXT_VERBOSE")) {
+    TORCH_WARN("relu_ext::fused_linear_relu: cuBLASLt path declined at ", why,
+               " (cublasStatus ", status, "); using cuBLAS + fused epilogue");
+  }
+  return false;
 }
 
 struct LtDesc {
@@ -156,9 +167,10 @@ uint32_t alignment_of(const void* p) {
   return a;
 }
 
-#define LT_TRY(expr)                                  \
-  do {                                                \
-    if ((expr) != CUBLAS_STATUS_SUCCESS) return false; \
+#define LT_TRY(expr)                                                \
+  do {                                                              \
+    const cublasStatus_t st_ = (expr);                              \
+    if (st_ != CUBLAS_STATUS_SUCCESS) return declined(#expr, st_);  \
   } while (0)
 
 // out[N, O] = relu(x[N, K] @ w[O, K]^T + bias) (+ mask) through one cuBLASLt
@@ -170,7 +182,7 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
                       Tensor& out, Tensor* mask, int64_t ld) {
   const int64_t n = x.size(0), k = x.size(1), o = w.size(0);
   if (n == 0 || k == 0 || o == 0 || cublaslt_disabled()) return false;
-  if (x.stride(1) != 1 || !w.is_contiguous()) return false;
+  if (x.stride(1) != 1 || !w.is_contiguous()) return declined("layout", 0);
   cudaDataType_t dt;
   cublasComputeType_t compute;
   cudaDataType_t scale_t = CUDA_R_32F;
@@ -185,7 +197,7 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
       break;
     case at::kDouble:
       dt = CUDA_R_64F; compute = CUBLAS_COMPUTE_64F; scale_t = CUDA_R_64F; break;
-    default: return false;
+    default: return declined("dtype", 0);
   }
   LtDesc d;
   LT_TRY(cublasLtMatmulDescCreate(&d.desc, compute, scale_t));
@@ -228,11 +240,8 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   cublasLtMatmulHeuristicResult_t heur = {};
   int found = 0;
-  if (cublasLtMatmulAlgoGetHeuristic(handle, d.desc, d.a, d.b, d.c, d.c, d.pref, 1, &heur, &found) !=
-          CUBLAS_STATUS_SUCCESS ||
-      found == 0) {
-    return false;
-  }
+  LT_TRY(cublasLtMatmulAlgoGetHeuristic(handle, d.desc, d.a, d.b, d.c, d.c, d.pref, 1, &heur, &found));
+  if (found == 0) return declined("heuristic (no algorithm)", 0);
   const float alpha_f = 1.f, beta_f = 0.f;
   const double alpha_d = 1.0, beta_d = 0.0;
   const void* alpha = scale_t == CUDA_R_64F ? static_cast<const void*>(&alpha_d) : &alpha_f;
