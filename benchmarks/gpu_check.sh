@@ -16,9 +16,17 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 status=0
 step() { echo; echo "=== $* ($(date +%T))"; }
 
+# At most 8 files come back from the device tool: logs are kept to 8.
 step "device"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUTDIR/device.txt"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$OUTDIR/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv 2>&1
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1
+# Python's sysconfig there links extensions with /opt/gcc/bin/g++, which put a
+# second, mismatched copy of libstdc++'s stream code into the .so (seen on an
+# H200 image, 2026-11-27: SIGSEGV in std::ostream::operator<<(long) inside a
+# TORCH_CHECK message). Build and link with the system compiler instead.
+if [ -x /usr/bin/g++ ]; then
+  export CC=/usr/bin/gcc CXX=/usr/bin/g++ LDSHARED="/usr/bin/g++ -pthread -shared"
+fi
 
 step "build"
 CAP="$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")"
@@ -40,8 +48,8 @@ tail -3 "$OUTDIR/tests_cpu.log"
 if [ $rc -ge 128 ] || [ $rc = 134 ] || [ $rc = 139 ]; then
   echo "CPU suite crashed (rc $rc): native backtrace of tests/test_errors.py under cuda-gdb"
   timeout 120 cuda-gdb -batch -ex run -ex bt --args "$PY" -m pytest -q -p no:cacheprovider tests/test_errors.py \
-    >"$OUTDIR/crash_bt.log" 2>&1
-  grep -E "^#|signal|SIG" "$OUTDIR/crash_bt.log" | head -40
+    >>"$OUTDIR/tests_cpu.log" 2>&1
+  grep -E "^#|signal|SIG" "$OUTDIR/tests_cpu.log" | cut -c1-300 | head -20
 fi
 [ $rc = 0 ] || status=1
 
@@ -49,7 +57,7 @@ step "tests (CUDA suite)"
 timeout 240 "$PY" -m pytest -q -p no:cacheprovider --tb=short tests/test_cuda.py >"$OUTDIR/tests_cuda.log" 2>&1 || status=1
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests_cuda.log" | cut -c1-300 | head -40
 tail -1 "$OUTDIR/tests_cuda.log"
-echo "cpu: $(tail -1 "$OUTDIR/tests_cpu.log") | cuda: $(tail -1 "$OUTDIR/tests_cuda.log")" > "$OUTDIR/tests_summary.txt"
+SUMMARY="cpu: $(grep -E "passed|failed" "$OUTDIR/tests_cpu.log" | tail -1) | cuda: $(tail -1 "$OUTDIR/tests_cuda.log")"
 
 step "compute-sanitizer memcheck"
 if command -v compute-sanitizer >/dev/null; then
@@ -63,9 +71,9 @@ else
 fi
 
 step "benchmark"
-timeout 240 "$PY" benchmarks/gpu_bench.py ${BENCH_ARGS:-} --json "$OUTDIR/gpu_bench.json" --md "$OUTDIR/gpu_bench.md" >"$OUTDIR/bench.log" 2>&1 || status=1
+timeout 240 "$PY" benchmarks/gpu_bench.py ${BENCH_ARGS:-} --json "$OUTDIR/gpu_bench.json" --md "$OUTDIR/gpu_bench.md" >>"$OUTDIR/diag.log" 2>&1 || status=1
 
 step "summary"
-echo "tests: $(cat "$OUTDIR/tests_summary.txt" 2>/dev/null)"
-cat "$OUTDIR/gpu_bench.md" 2>/dev/null || tail -20 "$OUTDIR/bench.log"
+echo "tests: $SUMMARY"
+cat "$OUTDIR/gpu_bench.md" 2>/dev/null || tail -20 "$OUTDIR/diag.log"
 exit $status

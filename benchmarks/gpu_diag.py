@@ -44,3 +44,15 @@ act = ops.relu_mask_unpack(mask, [4, 256])
 print("NaN row output:", out[1, :3].tolist(), "mask:", act[1, :3].tolist())
 print("NaN bias column output:", out[0, 1].item(), "mask:", act[0, 1].item())
 print("-0.0 output signbit:", torch.signbit(out[0, 0]).item(), "(eager relu(-0.0) keeps the sign: True)")
+
+# Exact zeros and tiny values: which pre-activations set the mask bit.
+x = torch.zeros(1, 8, device="cuda")
+w = torch.ones(256, 8, device="cuda")
+b = torch.zeros(256, device="cuda")
+b[1], b[2], b[3] = -0.0, 1e-30, -1e-30
+out, mask = ops.fused_linear_relu_forward(x, w, b)
+act = ops.relu_mask_unpack(mask, [1, 256])
+print("pre-activation +0, -0, 1e-30, -1e-30 -> mask", act[0, :4].tolist(), "out", out[0, :4].tolist(),
+      "(eager passes the gradient only for 1e-30)")
+raw = mask.view(1, -1)[0, 16:32].tolist() if mask.numel() >= 32 else []
+print("mask bytes of padding columns (should be 0):", mask[32:].tolist()[:8])

@@ -270,7 +270,9 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
   Tensor out = at::empty({rows, out_f}, input.options());
   Tensor mask;
   if (kWithMask) {
-    mask = at::empty({core::relu_mask_bytes(rows, out_f, true)}, input.options().dtype(at::kByte));
+    // Zeroed: cuBLASLt writes only the bits of real columns, and the layout
+    // promises zero padding (the memset is 1/128 of a bf16 output's bytes).
+    mask = at::zeros({core::relu_mask_bytes(rows, out_f, true)}, input.options().dtype(at::kByte));
   }
   if (rows == 0 || out_f == 0) return {out.view(out_sizes), mask};
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
