@@ -60,8 +60,15 @@ build() {
   fi
   export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
   log "building torch_relu_ext._C (ninja; unchanged sources are not rebuilt)"
-  "$PY" setup.py -q build_ext --inplace 2>&1 | grep -v -E '^(running|copying|creating|building)' || true
-  test "${PIPESTATUS[0]}" = 0
+  mkdir -p build
+  local rc=0
+  "$PY" setup.py -q build_ext --inplace >build/build.log 2>&1 || rc=$?
+  grep -v -E '^(running|copying|creating|building)|No CUDA runtime|SetuptoolsWarning|^  return|^\[|^ninja: no work' \
+    build/build.log >&2 || true
+  if [ "$rc" != 0 ]; then
+    log "BUILD FAILED (exit $rc); full log: build/build.log"
+    exit "$rc"
+  fi
 }
 
 # The package is built in place: the repository root is on the import path.
