@@ -54,5 +54,3 @@ out, mask = ops.fused_linear_relu_forward(x, w, b)
 act = ops.relu_mask_unpack(mask, [1, 256])
 print("pre-activation +0, -0, 1e-30, -1e-30 -> mask", act[0, :4].tolist(), "out", out[0, :4].tolist(),
       "(eager passes the gradient only for 1e-30)")
-raw = mask.view(1, -1)[0, 16:32].tolist() if mask.numel() >= 32 else []
-print("mask bytes of padding columns (should be 0):", mask[32:].tolist()[:8])

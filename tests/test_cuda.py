@@ -102,7 +102,7 @@ def test_cuda_mask_layout_padded():
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_nan_inf(path, dtype):
-    tfl.nan_inf_case(dtype, device="cuda")
+    tfl.nan_inf_case(dtype, device="cuda", cublaslt=path == "cublaslt")
 
 
 @gpu
