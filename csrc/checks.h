@@ -38,6 +38,15 @@ inline at::Tensor as_rows(const at::Tensor& t) {
   return t.reshape({rows, t.size(-1)});
 }
 
+// as_rows for code that also runs under torch.compile's symbolic shapes
+// (the autograd formulas): no concrete sizes are read.
+inline at::Tensor as_rows_symint(const at::Tensor& t) {
+  c10::SymInt rows = 1;
+  const auto sizes = t.sym_sizes();
+  for (size_t d = 0; d + 1 < sizes.size(); ++d) rows = rows * sizes[d];
+  return t.reshape_symint({rows, sizes.back()});
+}
+
 // Channels of a PReLU input: size(1) for 2+ dims, else 1.
 int64_t prelu_channels(const at::Tensor& input);
 

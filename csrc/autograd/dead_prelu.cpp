@@ -39,21 +39,24 @@ class DeadPreluFunction : public torch::autograd::Function<DeadPreluFunction> {
 };
 
 // Weight broadcast against the input (channel dim 1), as F.prelu does.
+// Symbolic-shape safe: AOTAutograd traces this with dynamic sizes.
 Tensor broadcast_weight(const Tensor& weight, const Tensor& input) {
-  if (weight.numel() == 1 || input.dim() < 2) return weight.reshape({});
-  std::vector<int64_t> shape(input.dim(), 1);
-  shape[1] = weight.numel();
-  return weight.reshape(shape);
+  if (weight.sym_numel() == 1 || input.dim() < 2) return weight.reshape_symint({});
+  std::vector<c10::SymInt> shape(input.dim(), 1);
+  shape[1] = weight.sym_numel();
+  return weight.reshape_symint(shape);
 }
 
 // Sum of an input-shaped tensor down to the weight's shape.
 Tensor reduce_to_weight(const Tensor& t, const Tensor& weight) {
-  if (weight.numel() == 1 || t.dim() < 2) return t.sum().reshape(weight.sizes());
+  if (weight.sym_numel() == 1 || t.dim() < 2) {
+    return t.sum().reshape_symint(weight.sym_sizes());
+  }
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < t.dim(); ++d) {
     if (d != 1) dims.push_back(d);
   }
-  return t.sum(dims).reshape(weight.sizes());
+  return t.sum(dims).reshape_symint(weight.sym_sizes());
 }
 
 // Double backward. With pos = input > 0 (piecewise constant in input):

@@ -96,31 +96,31 @@ class FusedLinearReluBackwardFunction
     const Tensor& gg_input = gg[0];
     const Tensor& gg_weight = gg[1];
     const Tensor& gg_bias = gg[2];
-      const int64_t out_f = weight.size(0);
-
-    const Tensor active =
-        torch_relu_ext::relu_mask_unpack(mask, grad_output.sizes())
-            .reshape(detail::as_rows(grad_output).sizes());
+      // Symbolic-shape safe (AOTAutograd traces this with dynamic sizes).
+    static auto unpack = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("relu_ext::relu_mask_unpack", "")
+                             .typed<Tensor(const Tensor&, c10::SymIntArrayRef)>();
+    const Tensor g = detail::as_rows_symint(grad_output);
+    const Tensor x = detail::as_rows_symint(input);
+    const Tensor active = unpack.call(mask, grad_output.sym_sizes()).reshape_symint(g.sym_sizes());
     const Tensor zero = at::zeros({}, grad_output.options());
-    const Tensor g = detail::as_rows(grad_output);
-    const Tensor x = detail::as_rows(input);
     const Tensor gm = at::where(active, g, zero);
 
     Tensor d_gm;
     auto add = [&](const Tensor& t) { d_gm = d_gm.defined() ? d_gm + t : t; };
-    if (gg_input.defined()) add(detail::as_rows(gg_input).mm(weight.t()));
+    if (gg_input.defined()) add(detail::as_rows_symint(gg_input).mm(weight.t()));
     if (gg_weight.defined()) add(x.mm(gg_weight.t()));
-    if (gg_bias.defined()) add(gg_bias.expand({g.size(0), out_f}));
+    if (gg_bias.defined()) add(gg_bias.expand_symint(g.sym_sizes()));
 
     Tensor d_grad_output, d_input, d_weight;
     if (d_gm.defined() && ctx->needs_input_grad(0)) {
-      d_grad_output = at::where(active, d_gm, zero).view(grad_output.sizes());
+      d_grad_output = at::where(active, d_gm, zero).view_symint(grad_output.sym_sizes());
     }
     if (gg_weight.defined() && ctx->needs_input_grad(1)) {
-      d_input = gm.mm(gg_weight).view(input.sizes());
+      d_input = gm.mm(gg_weight).view_symint(input.sym_sizes());
     }
     if (gg_input.defined() && ctx->needs_input_grad(2)) {
-      d_weight = gm.t().mm(detail::as_rows(gg_input));
+      d_weight = gm.t().mm(detail::as_rows_symint(gg_input));
     }
     return {d_grad_output, d_input, d_weight, Tensor(), Tensor()};
   }

@@ -1,0 +1,114 @@
+"""torch.compile (training and inference, dynamic batch, no graph breaks),
+torch.export with save/load, and torch.library.opcheck for every operator."""
+
+import pytest
+import torch
+import torch._dynamo
+
+from models import Net, grads_of
+
+ops = torch.ops.relu_ext
+
+
+def relu_ext_targets(gm):
+    """relu_ext operators called in a graph (overload suffix dropped)."""
+    return {
+        str(n.target).removesuffix(".default")
+        for n in gm.graph.nodes
+        if n.op == "call_function" and "relu_ext" in str(n.target)
+    }
+
+
+def assert_close_lists(a, b, tol=1e-5):
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compile_training_dynamic_batch(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Net()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
+    for batch in (8, 13, 32):
+        x = torch.randn(batch, 7)
+        assert_close_lists(grads_of(compiled, x), grads_of(model, x))
+
+
+def test_compile_graph_holds_relu_ext_ops_and_no_breaks():
+    torch._dynamo.reset()
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.append(relu_ext_targets(gm))
+        return gm.forward
+
+    model = Net()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
+    with torch.no_grad():
+        for batch in (5, 9):
+            x = torch.randn(batch, 7)
+            torch.testing.assert_close(compiled(x), model(x))
+    assert len(seen) == 1, f"expected one graph for all batch sizes, got {len(seen)}"
+    assert "relu_ext.fused_linear_relu" in seen[0] and "relu_ext.dead_prelu" in seen[0]
+
+
+def test_compile_inference_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(2)
+    model = Net().eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for batch in (4, 11):
+            x = torch.randn(batch, 7)
+            torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_export_round_trip(tmp_path):
+    torch.manual_seed(3)
+    model = Net()
+    x = torch.randn(6, 7)
+    batch = torch.export.Dim("batch", min=2)
+    ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
+    targets = relu_ext_targets(ep.graph_module)
+    assert "relu_ext.fused_linear_relu" in targets and "relu_ext.dead_prelu" in targets
+    for b in (6, 3):
+        xb = torch.randn(b, 7)
+        torch.testing.assert_close(ep.module()(xb), model(xb), rtol=1e-6, atol=1e-6)
+    path = tmp_path / "net.pt2"
+    torch.export.save(ep, path)
+    loaded = torch.export.load(path)
+    xb = torch.randn(9, 7)
+    torch.testing.assert_close(loaded.module()(xb), model(xb), rtol=1e-6, atol=1e-6)
+
+
+def opcheck_samples():
+    """(operator, args) pairs: shapes, dtypes, with and without bias, 1 or C
+    weights, requires_grad on and off."""
+    samples = []
+    for rg in (False, True):
+        for dtype in (torch.float32, torch.float64):
+            def t(*shape, grad=rg):
+                return torch.randn(*shape, dtype=dtype, requires_grad=grad)
+            samples += [
+                (ops.fused_linear_relu.default, (t(5, 4), t(3, 4), t(3))),
+                (ops.fused_linear_relu.default, (t(2, 3, 4), t(6, 4), None)),
+                (ops.fused_linear_relu_forward.default, (t(5, 4), t(3, 4), t(3))),
+                (ops.dead_prelu.default, (t(4, 3, 5), t(3))),
+                (ops.dead_prelu.default, (t(4, 3), t(1))),
+                (ops.dead_prelu.default, (t(7), t(1))),
+            ]
+            x, w = t(5, 4, grad=False), t(3, 4, grad=False)
+            _, mask = ops.fused_linear_relu_forward(x, w, None)
+            samples.append((ops.fused_linear_relu_backward.default, (t(5, 3), x.requires_grad_(rg), w.requires_grad_(rg), mask, [True, True, True])))
+            samples.append((ops.fused_linear_relu_backward.default, (t(5, 3), x, w, mask, [True, False, False])))
+            samples.append((ops.dead_prelu_backward.default, (t(4, 3, 5), t(4, 3, 5), t(3), [True, True])))
+            samples.append((ops.dead_prelu_backward.default, (t(4, 3), t(4, 3), t(1), [False, True])))
+    _, mask = ops.fused_linear_relu_forward(torch.randn(5, 4), torch.randn(3, 4), None)
+    samples.append((ops.relu_mask_unpack.default, (mask, [5, 3])))
+    return samples
+
+
+@pytest.mark.parametrize("op,args", opcheck_samples(), ids=lambda v: str(v)[:40] if not isinstance(v, tuple) else "")
+def test_opcheck(op, args):
+    torch.library.opcheck(op, args)
