@@ -20,6 +20,8 @@ TORCH_LIBRARY(relu_ext, m) {
       "Tensor weight, Tensor mask, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   m.def("relu_mask_unpack(Tensor mask, SymInt[] size) -> Tensor");
+  // `output` gives the (*, out_features) shape only; its data is not read.
+  m.def("relu_mask_count(Tensor mask, Tensor output) -> Tensor");
   m.def(
       "dead_prelu(Tensor input, Tensor weight) "
       "-> (Tensor output, Tensor active_count)");
@@ -68,6 +70,11 @@ at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size) {
       op_handle<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>(
           "relu_ext::relu_mask_unpack");
   return op.call(mask, c10::fromIntArrayRefSlow(size));
+}
+
+at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output) {
+  static auto op = op_handle<decltype(relu_mask_count)>("relu_ext::relu_mask_count");
+  return op.call(mask, output);
 }
 
 std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input,

@@ -112,3 +112,8 @@ def opcheck_samples():
 @pytest.mark.parametrize("op,args", opcheck_samples(), ids=lambda v: str(v)[:40] if not isinstance(v, tuple) else "")
 def test_opcheck(op, args):
     torch.library.opcheck(op, args)
+
+
+def test_opcheck_relu_mask_count():
+    out, mask = ops.fused_linear_relu_forward(torch.randn(6, 4), torch.randn(9, 4), None)
+    torch.library.opcheck(ops.relu_mask_count.default, (mask, out))

@@ -204,3 +204,15 @@ def test_cuda_device_mix_error():
         RF.fused_linear_relu(torch.randn(3, 4, device="cuda"), torch.randn(2, 4))
     with pytest.raises(RuntimeError, match="relu_ext::dead_prelu.*weight.*device"):
         RF.dead_prelu(torch.randn(3, 4, device="cuda"), torch.rand(4))
+
+
+@gpu
+def test_cuda_mask_count(path):
+    for rows, out_f in ((1, 1), (33, 130), (1000, 256)):
+        x = torch.randn(rows, 16, device="cuda")
+        w = torch.randn(out_f, 16, device="cuda")
+        out, mask = ops.fused_linear_relu_forward(x, w, None)
+        pre = x.double() @ w.double().T
+        clear = (pre.abs() > 1e-4).all(0)
+        counts = ops.relu_mask_count(mask, out)
+        assert torch.equal(counts[clear], (pre > 0).sum(0)[clear])

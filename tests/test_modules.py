@@ -8,6 +8,8 @@ import torch.nn.functional as F
 import torch_relu_ext
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
 
+STATS = ["active_ema", "abs_mean_ema", "num_batches_tracked"]
+
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_linear_relu_module_parity(bias):
@@ -15,8 +17,10 @@ def test_fused_linear_relu_module_parity(bias):
     ref = nn.Linear(12, 9, bias=bias)
     torch.manual_seed(7)
     ours = FusedLinearReLU(12, 9, bias=bias)
-    # Same initialisation, same parameters and state_dict keys.
-    assert ours.state_dict().keys() == ref.state_dict().keys()
+    # Same initialisation and parameter keys; the state_dict adds only the
+    # dead-neuron statistics buffers.
+    assert dict(ours.named_parameters()).keys() == dict(ref.named_parameters()).keys()
+    assert set(ours.state_dict()) - set(ref.state_dict()) == set(STATS)
     for k, v in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v)
     x = torch.randn(4, 5, 12)
@@ -32,8 +36,10 @@ def test_checkpoint_round_trip_with_sequential():
     ours[1].load_state_dict(eager[2].state_dict())
     x = torch.randn(10, 6)
     torch.testing.assert_close(ours(x), eager(x))
+    # Back to nn.Linear: the statistics are the only keys it does not know.
     back = nn.Linear(8, 4)
-    back.load_state_dict(ours[1].state_dict())
+    result = back.load_state_dict(ours[1].state_dict(), strict=False)
+    assert sorted(result.unexpected_keys) == sorted(STATS) and not result.missing_keys
     assert torch.equal(back.weight, eager[2].weight)
 
 
@@ -48,14 +54,15 @@ def test_module_factory_kwargs():
 def test_prelu_module_parity(num_parameters):
     ref = nn.PReLU(num_parameters, init=0.3)
     ours = DeadAwarePReLU(num_parameters, init=0.3)
-    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert dict(ours.named_parameters()).keys() == dict(ref.named_parameters()).keys()
+    assert set(ours.state_dict()) - set(ref.state_dict()) == set(STATS)
     assert torch.equal(ours.weight, ref.weight)
     x = torch.randn(3, 5, 4, 4)
     torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
     # Checkpoints move both ways.
     with torch.no_grad():
         ours.weight.uniform_()
-    ref.load_state_dict(ours.state_dict())
+    ref.load_state_dict(ours.state_dict(), strict=False)
     torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
     assert f"num_parameters={num_parameters}" in repr(ours)
 

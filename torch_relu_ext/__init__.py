@@ -10,6 +10,7 @@ from . import _C  # noqa: F401  (registers torch.ops.relu_ext.*)
 from . import _meta  # noqa: F401  (fake kernels for compile/export/meta)
 from . import functional, nn
 from ._version import __version__
+from .dead import DeadNeuronReport, dead_neuron_report, revive_dead_, sync_dead_stats
 from .functional import dead_prelu, fused_linear_relu
 from .nn import DeadAwarePReLU, FusedLinearReLU
 
@@ -21,4 +22,8 @@ __all__ = [
     "dead_prelu",
     "FusedLinearReLU",
     "DeadAwarePReLU",
+    "DeadNeuronReport",
+    "dead_neuron_report",
+    "revive_dead_",
+    "sync_dead_stats",
 ]

@@ -93,6 +93,18 @@ def _relu_mask_unpack_fake(mask, size):
     return mask.new_empty(size, dtype=torch.bool)
 
 
+@_lib.register_fake("relu_ext::relu_mask_count")
+def _relu_mask_count_fake(mask, output):
+    out_features = output.shape[-1] if output.dim() > 0 else 1
+    rows = _rows(output) if output.dim() > 0 else 1
+    expected = _mask_bytes(rows, out_features, mask.device)
+    torch._check(
+        mask.dtype == torch.uint8 and mask.dim() == 1 and mask.shape[0] == expected,
+        lambda: f"relu_ext::relu_mask_count: expected argument 'mask' to be a uint8 tensor of shape ({expected},)",
+    )
+    return mask.new_empty((out_features,), dtype=torch.int64)
+
+
 def _check_prelu(op, input, weight):
     torch._check(input.dtype.is_floating_point, lambda: f"{op}: expected argument 'input' to have a floating-point dtype, but got {input.dtype}")
     _check_same_device(op, "input", input, weight=weight)

@@ -1,17 +1,94 @@
-"""Modules: drop-in replacements for nn.Linear + nn.ReLU and nn.PReLU."""
+"""Modules: drop-in replacements for nn.Linear + nn.ReLU and nn.PReLU that
+also track, per unit, how often it fires (dead-neuron statistics).
+
+Definitions (also in the README):
+  active fraction  p_c = (elements of unit c with pre-activation > 0) / (elements of unit c)
+                   per forward pass. FusedLinearReLU: unit = output feature,
+                   counted from the 1-bit ReLU mask (a popcount, no pass over
+                   the output; the mask bit is also set for NaN). DeadAwarePReLU:
+                   unit = channel, counted by dead_prelu in the same pass.
+  active_ema       EMA of p_c, updated in training mode only (BatchNorm's
+                   momentum convention: ema = (1 - momentum) * ema + momentum * p;
+                   default momentum 0.01); the first tracked batch sets it to p.
+  dead             active_ema <= dead_threshold (default 0.01; 0 = never fired),
+                   and at least one batch tracked.
+  dormant (ReDo)   s_c = E|h_c| / (mean_k E|h_k| + 1e-9) <= tau (default 0.025),
+                   from abs_mean_ema (opt-in: track_dormant=True costs one
+                   reduction over the output).
+"""
+
+from typing import Optional
 
 import torch
-from torch import Tensor
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["FusedLinearReLU", "DeadAwarePReLU"]
 
+_STAT_BUFFERS = ("active_ema", "abs_mean_ema", "num_batches_tracked")
 
-class FusedLinearReLU(nn.Linear):
+
+def _ema_(ema: Tensor, value: Tensor, num_batches_tracked: Tensor, momentum: float) -> None:
+    """In place: ema = value on the first tracked batch, else the EMA step."""
+    value = value.to(ema.dtype)
+    ema.copy_(torch.where(num_batches_tracked == 0, value, ema * (1.0 - momentum) + value * momentum))
+
+
+class _DeadStats(nn.Module):
+    """Buffers and queries shared by both modules (not a layer by itself)."""
+
+    def _init_stats(self, units: int, track: bool, momentum: float, dead_threshold: float,
+                    track_dormant: bool, device) -> None:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self.track_dead_stats = track
+        self.track_dormant = track_dormant
+        self.momentum = momentum
+        self.dead_threshold = dead_threshold
+        self.register_buffer("active_ema", torch.zeros(units, device=device))
+        self.register_buffer("abs_mean_ema", torch.zeros(units, device=device))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Checkpoints of nn.Linear / nn.PReLU have no statistics: load them
+        # (strict too) and keep fresh statistics.
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        for name in _STAT_BUFFERS:
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
+
+    def dead_mask(self, threshold: Optional[float] = None) -> Tensor:
+        """Bool per unit: EMA active fraction <= threshold (default dead_threshold)."""
+        thr = self.dead_threshold if threshold is None else threshold
+        return (self.active_ema <= thr) & (self.num_batches_tracked > 0)
+
+    def dead_fraction(self, threshold: Optional[float] = None) -> float:
+        """Fraction of units that are dead."""
+        mask = self.dead_mask(threshold)
+        return mask.float().mean().item() if mask.numel() else 0.0
+
+    def dormant_mask(self, tau: float = 0.025) -> Tensor:
+        """ReDo's tau-dormant units (needs track_dormant=True while training)."""
+        score = self.abs_mean_ema / (self.abs_mean_ema.mean() + 1e-9)
+        return (score <= tau) & (self.num_batches_tracked > 0)
+
+    def reset_dead_stats(self) -> None:
+        """Forget the statistics (e.g. after reviving units)."""
+        self.active_ema.zero_()
+        self.abs_mean_ema.zero_()
+        self.num_batches_tracked.zero_()
+
+
+class FusedLinearReLU(nn.Linear, _DeadStats):
     """``nn.Sequential(nn.Linear(in, out), nn.ReLU())`` as one fused operator.
 
-    Same parameters, initialisation and state_dict keys (``weight``, ``bias``)
-    as :class:`torch.nn.Linear`, so checkpoints load in both directions.
+    Same parameters, initialisation and parameter keys (``weight``, ``bias``)
+    as :class:`torch.nn.Linear`; an ``nn.Linear`` checkpoint loads as is (the
+    statistics buffers ``active_ema``, ``abs_mean_ema``, ``num_batches_tracked``
+    start fresh). In training mode with ``track_dead_stats`` (default) the
+    layer runs ``fused_linear_relu_forward`` and counts active units from the
+    1-bit mask; otherwise it runs the plain ``fused_linear_relu``.
 
     Shape: input (*, in_features) -> output (*, out_features).
 
@@ -20,20 +97,43 @@ class FusedLinearReLU(nn.Linear):
         >>> layer = FusedLinearReLU(20, 30)
         >>> layer(torch.randn(128, 20)).shape
         torch.Size([128, 30])
+        >>> layer.dead_mask().shape
+        torch.Size([30])
     """
 
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 *, track_dead_stats: bool = True, momentum: float = 0.01, dead_threshold: float = 0.01,
+                 track_dormant: bool = False) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_stats(out_features, track_dead_stats, momentum, dead_threshold, track_dormant, device)
+
     def forward(self, input: Tensor) -> Tensor:
+        # torch.jit.trace would bake this batch's row count into the graph:
+        # traced models run the plain operator (statistics are for training).
+        if self.training and self.track_dead_stats and not torch.jit.is_tracing():
+            out, mask = torch.ops.relu_ext.fused_linear_relu_forward(input, self.weight, self.bias)
+            rows = out.numel() // max(self.out_features, 1)
+            if rows > 0:
+                counts = torch.ops.relu_ext.relu_mask_count(mask, out)
+                _ema_(self.active_ema, counts.float() / rows, self.num_batches_tracked, self.momentum)
+                if self.track_dormant:
+                    mean_abs = out.detach().reshape(rows, self.out_features).abs().float().mean(0)
+                    _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
+                self.num_batches_tracked.add_(1)
+            return out
         return torch.ops.relu_ext.fused_linear_relu(input, self.weight, self.bias)
 
 
-class DeadAwarePReLU(nn.PReLU):
-    """:class:`torch.nn.PReLU` computed by ``relu_ext::dead_prelu``.
+class DeadAwarePReLU(nn.PReLU, _DeadStats):
+    """:class:`torch.nn.PReLU` computed by ``relu_ext::dead_prelu``, which also
+    counts, per channel and in the same pass, the strictly positive inputs.
 
     Same parameter (``weight``), initialisation (``init``, default 0.25) and
-    state_dict keys as :class:`torch.nn.PReLU`. The operator also counts, per
-    channel, the strictly positive inputs in the same pass over memory.
+    parameter key as :class:`torch.nn.PReLU`. Statistics are kept for
+    ``num_channels`` units (default ``num_parameters``; with a single shared
+    slope and ``num_channels=1`` the whole layer is one unit).
 
-    Shape: input (N, C, *) or any shape when ``num_parameters == 1``.
+    Shape: input (N, C, *), or any shape with one unit.
 
     Example::
 
@@ -42,6 +142,35 @@ class DeadAwarePReLU(nn.PReLU):
         torch.Size([2, 3, 4, 4])
     """
 
+    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None,
+                 *, num_channels: Optional[int] = None, track_dead_stats: bool = True,
+                 momentum: float = 0.01, dead_threshold: float = 0.01, track_dormant: bool = False) -> None:
+        super().__init__(num_parameters, init, device, dtype)
+        units = num_parameters if num_channels is None else num_channels
+        self._init_stats(units, track_dead_stats, momentum, dead_threshold, track_dormant, device)
+
     def forward(self, input: Tensor) -> Tensor:
-        out, _ = torch.ops.relu_ext.dead_prelu(input, self.weight)
+        out, counts = torch.ops.relu_ext.dead_prelu(input, self.weight)
+        if self.training and self.track_dead_stats and not torch.jit.is_tracing() and input.numel() > 0:
+            units = self.active_ema.shape[0]
+            channels = counts.shape[0]
+            per_channel = input.numel() // channels
+            if units == 1 and channels != 1:
+                frac = counts.sum().reshape(1).float() / input.numel()
+            else:
+                if channels != units:
+                    raise RuntimeError(
+                        "DeadAwarePReLU: statistics are kept for " + str(units)
+                        + " channels (num_channels) but the input has " + str(channels)
+                    )
+                frac = counts.float() / per_channel
+            _ema_(self.active_ema, frac, self.num_batches_tracked, self.momentum)
+            if self.track_dormant:
+                a = out.detach().abs().float()
+                if input.dim() >= 2 and units != 1:
+                    mean_abs = a.transpose(0, 1).reshape(channels, -1).mean(1)
+                else:
+                    mean_abs = a.mean().reshape(1)
+                _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
+            self.num_batches_tracked.add_(1)
         return out

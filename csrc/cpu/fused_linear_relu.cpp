@@ -192,6 +192,35 @@ Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   return out;
 }
 
+Tensor relu_mask_count_cpu(const Tensor& mask, const Tensor& output) {
+  const Tensor shape = detail::as_rows(output.dim() == 0 ? output.reshape({1}) : output);
+  const int64_t rows = shape.size(0);
+  const int64_t cols = shape.size(1);
+  detail::check_mask_unpack_args("relu_ext::relu_mask_count", mask, rows, cols);
+  Tensor counts = at::zeros({cols}, mask.options().dtype(at::kLong));
+  if (rows == 0 || cols == 0) return counts;
+  const Tensor m = mask.contiguous();
+  const uint8_t* m_p = m.data_ptr<uint8_t>();
+  const int64_t ld = core::relu_mask_ld(cols, false);
+  // Fixed row chunks with private counters, summed in order.
+  const int64_t nchunks = std::clamp<int64_t>(rows * cols / 262144, 1, 64);
+  const int64_t per = (rows + nchunks - 1) / nchunks;
+  std::vector<int64_t> partial(nchunks * cols, 0);
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      int64_t* acc = partial.data() + c * cols;
+      for (int64_t r = c * per; r < std::min(rows, (c + 1) * per); ++r) {
+        for (int64_t o = 0; o < cols; ++o) acc[o] += core::relu_mask_bit(m_p, r * ld + o);
+      }
+    }
+  });
+  int64_t* out = counts.data_ptr<int64_t>();
+  for (int64_t c = 0; c < nchunks; ++c) {
+    for (int64_t o = 0; o < cols; ++o) out[o] += partial[c * cols + o];
+  }
+  return counts;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(relu_ext, CPU, m) {
@@ -199,6 +228,7 @@ TORCH_LIBRARY_IMPL(relu_ext, CPU, m) {
   m.impl("fused_linear_relu_forward", &fused_linear_relu_forward_cpu);
   m.impl("fused_linear_relu_backward", &fused_linear_relu_backward_cpu);
   m.impl("relu_mask_unpack", &relu_mask_unpack_cpu);
+  m.impl("relu_mask_count", &relu_mask_count_cpu);
 }
 
 // Sparse and quantized CPU tensors dispatch to their own keys: the same

@@ -173,6 +173,20 @@ __global__ void mask_unpack_kernel(const uint8_t* __restrict__ mask,
   }
 }
 
+// Per-column set bits of the mask: thread per column, rows of one chunk; the
+// chunks' partial counts are summed in order by sum_chunks_kernel.
+__global__ void mask_count_kernel(const uint8_t* __restrict__ mask, int64_t rows,
+                                  int64_t cols, int64_t ld, int64_t chunk_rows,
+                                  int64_t* __restrict__ partial) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = min(rows, r0 + chunk_rows);
+  int64_t n = 0;
+  for (int64_t r = r0; r < r1; ++r) n += core::relu_mask_bit(mask, r * ld + c);
+  partial[static_cast<int64_t>(blockIdx.y) * cols + c] = n;
+}
+
 // ---------------------------------------------------------------------------
 // cuBLASLt path.
 
@@ -427,6 +441,30 @@ Tensor relu_mask_unpack_cuda(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   return out;
 }
 
+Tensor relu_mask_count_cuda(const Tensor& mask, const Tensor& output) {
+  c10::cuda::CUDAGuard guard(mask.device());
+  const Tensor shape = detail::as_rows(output.dim() == 0 ? output.reshape({1}) : output);
+  const int64_t rows = shape.size(0);
+  const int64_t cols = shape.size(1);
+  detail::check_mask_unpack_args("relu_ext::relu_mask_count", mask, rows, cols);
+  Tensor counts = at::zeros({cols}, mask.options().dtype(at::kLong));
+  if (rows == 0 || cols == 0) return counts;
+  const Tensor m = mask.contiguous();
+  const int64_t chunk_rows = std::max<int64_t>(256, ceil_div(rows, 1024));
+  const int64_t chunks = ceil_div(rows, chunk_rows);
+  Tensor partial = at::empty({chunks, cols}, counts.options());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(ceil_div(cols, 128)), static_cast<unsigned>(chunks));
+  mask_count_kernel<<<grid, 128, 0, stream>>>(m.data_ptr<uint8_t>(), rows, cols,
+                                              core::relu_mask_ld(cols, true), chunk_rows,
+                                              partial.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  sum_chunks_kernel<int64_t, int64_t><<<grid_for(cols), kThreads, 0, stream>>>(
+      partial.data_ptr<int64_t>(), chunks, cols, counts.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return counts;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(relu_ext, CUDA, m) {
@@ -434,6 +472,7 @@ TORCH_LIBRARY_IMPL(relu_ext, CUDA, m) {
   m.impl("fused_linear_relu_forward", &fused_linear_relu_forward_cuda);
   m.impl("fused_linear_relu_backward", &fused_linear_relu_backward_cuda);
   m.impl("relu_mask_unpack", &relu_mask_unpack_cuda);
+  m.impl("relu_mask_count", &relu_mask_count_cuda);
 }
 
 }  // namespace torch_relu_ext::cuda

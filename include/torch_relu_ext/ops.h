@@ -35,6 +35,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_relu_backward(
 // The packed mask expanded to a bool tensor of the given shape.
 at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size);
 
+// Per output feature, the number of set bits of the mask that
+// fused_linear_relu_forward returned with `output`: int64 [out_features]. A
+// popcount over the mask (1 bit per element); `output` gives the shape only,
+// its data is not read.
+at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output);
+
 // F.prelu(input, weight) plus, per channel, the number of strictly positive
 // input elements (int64 [C]; C = input.size(1) for 2+ dims, else 1).
 std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input,

@@ -1,0 +1,234 @@
+"""Dead-neuron statistics, report, revival and distributed sync."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import torch_relu_ext
+from torch_relu_ext import dead_neuron_report, revive_dead_, sync_dead_stats
+from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
+
+ops = torch.ops.relu_ext
+
+
+def ema_reference(fracs, momentum):
+    ema = None
+    for p in fracs:
+        ema = p.clone() if ema is None else (1 - momentum) * ema + momentum * p
+    return ema
+
+
+@pytest.mark.parametrize("rows,out_f", [(1, 1), (7, 13), (64, 8), (33, 130)])
+def test_mask_count_matches_positive_count(rows, out_f):
+    x = torch.randn(rows, 5)
+    w = torch.randn(out_f, 5)
+    b = torch.randn(out_f)
+    b[0] = float("nan")  # the mask passes NaN: counted as active
+    out, mask = ops.fused_linear_relu_forward(x, w, b)
+    pre = x @ w.T + b
+    expected = (~(pre <= 0)).sum(0)
+    assert torch.equal(ops.relu_mask_count(mask, out), expected)
+
+
+def test_linear_ema_matches_reference():
+    torch.manual_seed(0)
+    layer = FusedLinearReLU(6, 10, momentum=0.1, track_dormant=True)
+    with torch.no_grad():
+        layer.bias[:3] = -50.0  # three units that never fire
+    fracs, means = [], []
+    for batch in (16, 5, 40):
+        x = torch.randn(2, batch, 6)  # leading dims: rows = 2 * batch
+        y = layer(x)
+        pre = x @ layer.weight.detach().T + layer.bias.detach()
+        fracs.append((pre > 0).float().reshape(-1, 10).mean(0))
+        means.append(y.detach().reshape(-1, 10).mean(0))
+    torch.testing.assert_close(layer.active_ema, ema_reference(fracs, 0.1))
+    torch.testing.assert_close(layer.abs_mean_ema, ema_reference(means, 0.1))
+    assert int(layer.num_batches_tracked) == 3
+    assert layer.dead_mask()[:3].all() and layer.dead_fraction() >= 0.3
+    assert layer.dormant_mask()[:3].all()
+
+
+@pytest.mark.parametrize("num_parameters,num_channels", [(4, None), (1, 4), (1, 1)])
+def test_prelu_ema_matches_reference(num_parameters, num_channels):
+    torch.manual_seed(1)
+    act = DeadAwarePReLU(num_parameters, num_channels=num_channels, momentum=0.2)
+    fracs = []
+    for batch in (3, 8):
+        x = torch.randn(batch, 4, 5, 5)
+        x[:, 1] = -x[:, 1].abs()  # channel 1 never positive
+        act(x)
+        per_channel = (x > 0).float().transpose(0, 1).reshape(4, -1).mean(1)
+        fracs.append(per_channel if act.active_ema.numel() == 4 else (x > 0).float().mean().reshape(1))
+    torch.testing.assert_close(act.active_ema, ema_reference(fracs, 0.2))
+    if act.active_ema.numel() == 4:
+        assert act.dead_mask().tolist() == [False, True, False, False]
+
+
+def test_buffers_change_only_in_training_and_when_tracking():
+    layer = FusedLinearReLU(3, 4)
+    act = DeadAwarePReLU(4)
+    layer.eval()
+    act.eval()
+    layer(torch.randn(5, 3))
+    act(torch.randn(5, 4))
+    assert int(layer.num_batches_tracked) == 0 and int(act.num_batches_tracked) == 0
+    assert not layer.dead_mask().any()  # nothing measured: nothing dead
+    off = FusedLinearReLU(3, 4, track_dead_stats=False)
+    off(torch.randn(5, 3))
+    assert int(off.num_batches_tracked) == 0 and torch.equal(off.active_ema, torch.zeros(4))
+    layer.train()
+    layer(torch.randn(5, 3))
+    assert int(layer.num_batches_tracked) == 1
+
+
+def test_state_dict_round_trip_and_reset():
+    layer = FusedLinearReLU(3, 4)
+    for _ in range(3):
+        layer(torch.randn(8, 3))
+    other = FusedLinearReLU(3, 4)
+    other.load_state_dict(layer.state_dict())
+    assert torch.equal(other.active_ema, layer.active_ema)
+    assert int(other.num_batches_tracked) == 3
+    layer.reset_dead_stats()
+    assert int(layer.num_batches_tracked) == 0 and not layer.active_ema.any()
+
+
+def test_report_rows_and_tensorboard():
+    model = nn.Sequential(FusedLinearReLU(4, 6), nn.Linear(6, 6), DeadAwarePReLU(6), nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].bias[:2] = -100.0
+    model(torch.randn(32, 4))
+    report = dead_neuron_report(model)
+    assert [r.name for r in report] == ["0", "2"]
+    assert report[0].kind == "FusedLinearReLU" and report[0].units == 6 and report[0].dead == 2
+    assert report[0].dead_pct == pytest.approx(100 * 2 / 6)
+    assert report[0].min_active == 0.0 and report[0].batches == 1
+    assert "FusedLinearReLU" in str(report) and "dead %" in str(report)
+
+    class Writer:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[(tag, step)] = value
+
+    w = Writer()
+    report.to_tensorboard(w, step=7)
+    assert w.scalars[("dead_neurons/0/dead_pct", 7)] == pytest.approx(100 * 2 / 6)
+
+
+def test_revive_changes_exactly_the_dead_units():
+    torch.manual_seed(2)
+    model = nn.Sequential(FusedLinearReLU(5, 8), FusedLinearReLU(8, 6), nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].bias[[1, 4]] = -100.0
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(16, 5)).sum().backward()
+        opt.step()
+    dead0 = model[0].dead_mask()
+    assert dead0.tolist() == [i in (1, 4) for i in range(8)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state_before = {n: {k: v.clone() for k, v in opt.state[p].items()} for n, p in model.named_parameters()}
+    # Layer 1 must not change: mark it all alive.
+    model[1].active_ema.fill_(0.5)
+    changes = revive_dead_(model, opt)
+    assert set(changes) == {"0"} and changes["0"]["units"] == [1, 4] and changes["0"]["next"] == "1"
+    w0, b0, w1 = model[0].weight, model[0].bias, model[1].weight
+    dead = torch.tensor([1, 4])
+    alive = torch.tensor([i for i in range(8) if i not in (1, 4)])
+    # Rows 1, 4 re-drawn within nn.Linear's init bound, bias zeroed, the rest untouched.
+    assert not torch.equal(w0[dead], before["0.weight"][dead])
+    assert (w0[dead].abs() <= 1 / 5 ** 0.5).all()
+    assert torch.equal(w0[alive], before["0.weight"][alive])
+    assert torch.equal(b0[dead], torch.zeros(2)) and torch.equal(b0[alive], before["0.bias"][alive])
+    # Next layer: input columns 1, 4 zeroed, nothing else.
+    assert torch.equal(w1[:, dead], torch.zeros(6, 2))
+    assert torch.equal(w1[:, alive], before["1.weight"][:, alive])
+    assert torch.equal(model[2].weight, before["2.weight"])
+    # Optimizer moments: exactly those rows/columns.
+    st0 = opt.state[model[0].weight]
+    st1 = opt.state[model[1].weight]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert not st0[key][dead].any() and torch.equal(st0[key][alive], state_before["0.weight"][key][alive])
+        assert not st1[key][:, dead].any() and torch.equal(st1[key][:, alive], state_before["1.weight"][key][:, alive])
+    assert torch.equal(st0["step"], state_before["0.weight"]["step"])
+    # Statistics start afresh: the next training batch measures every unit.
+    assert not model[0].dead_mask().any() and int(model[0].num_batches_tracked) == 0
+    model(torch.randn(16, 5))
+    assert int(model[0].num_batches_tracked) == 1
+
+
+def test_revive_never_touches_output_layer_and_resets_collapsed_slopes():
+    head = FusedLinearReLU(4, 3)
+    model = nn.Sequential(nn.Linear(4, 4), DeadAwarePReLU(4, init=0.25), head)
+    with torch.no_grad():
+        head.bias.fill_(-100.0)
+        model[1].weight.copy_(torch.tensor([0.0, 0.3, 1e-5, 0.2]))
+    x = torch.randn(8, 4)
+    model[1](-x.abs())  # every channel dead
+    head(torch.randn(8, 4))
+    w_head = head.weight.detach().clone()
+    changes = revive_dead_(model)
+    assert torch.equal(head.weight, w_head)  # the output layer is left alone
+    assert changes["1"]["slope_reset"] == [0, 2]
+    assert model[1].weight.tolist() == pytest.approx([0.25, 0.3, 0.25, 0.2])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = nn.Sequential(FusedLinearReLU(4, 6), nn.Linear(6, 6), DeadAwarePReLU(6), nn.Linear(6, 2))
+    # Rank-specific data: unit 0 fires only on rank 1, unit 1 on no rank.
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([1.0 if rank == 1 else -1.0, -1.0, 1, 1, 1, 1]))
+    model(torch.randn(16, 4))
+    before = model[0].dead_mask().clone()
+    sync_dead_stats(model)
+    torch.save({"before": before, "after": model[0].dead_mask(), "ema": model[0].active_ema.clone(),
+                "prelu": model[2].active_ema.clone()}, f"{out_path}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sync_dead_stats_two_processes(tmp_path):
+    out = str(tmp_path / "rank")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert not torch.equal(r0["before"], r1["before"])  # the ranks disagreed
+    assert torch.equal(r0["after"], r1["after"])          # now they agree
+    assert torch.equal(r0["ema"], r1["ema"]) and torch.equal(r0["prelu"], r1["prelu"])
+    assert r0["ema"][0] == pytest.approx(0.5) and r0["after"].tolist()[:2] == [False, True]
+
+
+def test_sync_is_noop_without_distributed():
+    layer = FusedLinearReLU(2, 3)
+    layer(torch.randn(4, 2))
+    ema = layer.active_ema.clone()
+    sync_dead_stats(layer)
+    assert torch.equal(layer.active_ema, ema)
+
+
+def test_modules_with_stats_still_compile_and_script():
+    model = nn.Sequential(FusedLinearReLU(4, 6), DeadAwarePReLU(6))
+    scripted = torch.jit.script(model)  # shares the buffers with `model`
+    scripted(torch.randn(3, 4))
+    assert int(scripted[0].num_batches_tracked) == 1
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    for b in (3, 7):
+        compiled(torch.randn(b, 4))
+    assert int(model[0].num_batches_tracked) == 3 and int(model[1].num_batches_tracked) == 3
