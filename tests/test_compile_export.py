@@ -8,6 +8,8 @@ import torch._dynamo
 from models import Net, grads_of
 
 ops = torch.ops.relu_ext
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=gpu)]
 
 
 def relu_ext_targets(gm):
@@ -24,14 +26,15 @@ def assert_close_lists(a, b, tol=1e-5):
         torch.testing.assert_close(x, y, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_training_dynamic_batch(backend):
+def test_compile_training_dynamic_batch(backend, device):
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = Net()
+    model = Net().to(device)
     compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=backend)
     for batch in (8, 13, 32):
-        x = torch.randn(batch, 7)
+        x = torch.randn(batch, 7, device=device)
         assert_close_lists(grads_of(compiled, x), grads_of(model, x))
 
 
@@ -53,43 +56,45 @@ def test_compile_graph_holds_relu_ext_ops_and_no_breaks():
     assert "relu_ext.fused_linear_relu" in seen[0] and "relu_ext.dead_prelu" in seen[0]
 
 
-def test_compile_inference_matches_eager():
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_inference_matches_eager(device):
     torch._dynamo.reset()
     torch.manual_seed(2)
-    model = Net().eval()
+    model = Net().to(device).eval()
     compiled = torch.compile(model, fullgraph=True, dynamic=True)
     with torch.no_grad():
         for batch in (4, 11):
-            x = torch.randn(batch, 7)
+            x = torch.randn(batch, 7, device=device)
             torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_export_round_trip(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_export_round_trip(tmp_path, device):
     torch.manual_seed(3)
-    model = Net()
-    x = torch.randn(6, 7)
+    model = Net().to(device)
+    x = torch.randn(6, 7, device=device)
     batch = torch.export.Dim("batch", min=2)
     ep = torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}})
     targets = relu_ext_targets(ep.graph_module)
     assert "relu_ext.fused_linear_relu" in targets and "relu_ext.dead_prelu" in targets
     for b in (6, 3):
-        xb = torch.randn(b, 7)
+        xb = torch.randn(b, 7, device=device)
         torch.testing.assert_close(ep.module()(xb), model(xb), rtol=1e-6, atol=1e-6)
     path = tmp_path / "net.pt2"
     torch.export.save(ep, path)
     loaded = torch.export.load(path)
-    xb = torch.randn(9, 7)
+    xb = torch.randn(9, 7, device=device)
     torch.testing.assert_close(loaded.module()(xb), model(xb), rtol=1e-6, atol=1e-6)
 
 
-def opcheck_samples():
+def opcheck_samples(device="cpu"):
     """(operator, args) pairs: shapes, dtypes, with and without bias, 1 or C
     weights, requires_grad on and off."""
     samples = []
     for rg in (False, True):
         for dtype in (torch.float32, torch.float64):
             def t(*shape, grad=rg):
-                return torch.randn(*shape, dtype=dtype, requires_grad=grad)
+                return torch.randn(*shape, dtype=dtype, device=device, requires_grad=grad)
             samples += [
                 (ops.fused_linear_relu.default, (t(5, 4), t(3, 4), t(3))),
                 (ops.fused_linear_relu.default, (t(2, 3, 4), t(6, 4), None)),
@@ -104,8 +109,9 @@ def opcheck_samples():
             samples.append((ops.fused_linear_relu_backward.default, (t(5, 3), x, w, mask, [True, False, False])))
             samples.append((ops.dead_prelu_backward.default, (t(4, 3, 5), t(4, 3, 5), t(3), [True, True])))
             samples.append((ops.dead_prelu_backward.default, (t(4, 3), t(4, 3), t(1), [False, True])))
-    _, mask = ops.fused_linear_relu_forward(torch.randn(5, 4), torch.randn(3, 4), None)
+    out, mask = ops.fused_linear_relu_forward(torch.randn(5, 4, device=device), torch.randn(3, 4, device=device), None)
     samples.append((ops.relu_mask_unpack.default, (mask, [5, 3])))
+    samples.append((ops.relu_mask_count.default, (mask, out)))
     return samples
 
 
@@ -114,6 +120,7 @@ def test_opcheck(op, args):
     torch.library.opcheck(op, args)
 
 
-def test_opcheck_relu_mask_count():
-    out, mask = ops.fused_linear_relu_forward(torch.randn(6, 4), torch.randn(9, 4), None)
-    torch.library.opcheck(ops.relu_mask_count.default, (mask, out))
+@gpu
+def test_opcheck_cuda():
+    for op, args in opcheck_samples("cuda"):
+        torch.library.opcheck(op, args)

@@ -1,0 +1,309 @@
+"""The benchmark suite: both operators against their competitors, as ratios
+measured in one process and one run.
+
+    python -m benchmarks.run [--quick] [--threads N] [--out DIR]   (or: bash dev.sh bench --quick)
+
+fused_linear_relu, forward and forward+backward, against
+  eager    F.relu(F.linear(x, w, b))
+  compile  torch.compile of the same eager function (default mode)
+  floor    torch.addmm(b, x, w.T): the GEMM the fused op contains (forward)
+dead_prelu (output + per-channel active counts), forward and backward, against
+  eager    F.prelu(x, w) plus (x > 0).sum(non-channel dims), the naive way
+  compile  torch.compile of that
+  floor    x.clone(): one read and one write of the tensor (bandwidth bound)
+plus the activation bytes kept for backward (saved_tensors_hooks).
+
+Method: fixed thread count (recorded), warm-up, then repetitions until a time
+budget, median and inter-quartile range; each repetition takes the next of 3
+input sets so caches do not flatter anyone. On CUDA (when visible and
+--device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
+and a PNG plot of the ratios, in --out (default benchmarks/results).
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import torch_relu_ext  # noqa: F401
+
+ops = torch.ops.relu_ext
+
+LINEAR_FULL = [  # (batch, in_features, out_features)
+    (32, 1024, 1024), (256, 1024, 1024), (2048, 1024, 1024), (8192, 1024, 1024),
+    (256, 64, 4096), (2048, 64, 4096), (8192, 128, 4096), (8192, 64, 1024),
+    (2048, 4096, 4096), (512, 4096, 64),
+]
+LINEAR_QUICK = [(256, 1024, 1024), (2048, 64, 4096), (8192, 128, 1024)]
+PRELU_FULL = [  # (shape, channels_last)
+    ((8192, 1024), False), ((64, 256), False), ((32, 64, 56, 56), False), ((32, 64, 56, 56), True),
+    ((8, 256, 28, 28), True),
+]
+PRELU_QUICK = [((8192, 1024), False), ((32, 64, 56, 56), False), ((32, 64, 56, 56), True)]
+
+
+class Timer:
+    def __init__(self, device, budget_s, min_reps, max_reps):
+        self.device, self.budget, self.min_reps, self.max_reps = device, budget_s, min_reps, max_reps
+
+    def __call__(self, fn, inputs):
+        """Median and IQR in ms of fn(*inputs[i % len(inputs)])."""
+        for i in range(3):
+            fn(*inputs[i % len(inputs)])
+        self.sync()
+        times, start_all, i = [], time.perf_counter(), 0
+        while len(times) < self.min_reps or (time.perf_counter() - start_all < self.budget and len(times) < self.max_reps):
+            args = inputs[i % len(inputs)]
+            i += 1
+            if self.device == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn(*args)
+                e.record()
+                e.synchronize()
+                times.append(s.elapsed_time(e))
+            else:
+                t0 = time.perf_counter()
+                fn(*args)
+                times.append((time.perf_counter() - t0) * 1e3)
+        q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
+        return statistics.median(times), q[2] - q[0], len(times)
+
+    def sync(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done, self.t0 = total, 0, time.time()
+
+    def step(self, label):
+        self.done += 1
+        width = 30
+        filled = int(width * self.done / self.total)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+                         f"{time.time() - self.t0:5.0f}s {label[:40]:<40}")
+        sys.stderr.flush()
+        if self.done == self.total:
+            sys.stderr.write("\n")
+
+
+def saved_bytes(fn, params):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fn()
+    ptrs = {p.untyped_storage().data_ptr() for p in params}
+    seen, total = set(), 0
+    for t in saved:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in ptrs and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def eager_linear(x, w, b):
+    return F.relu(F.linear(x, w, b))
+
+
+def ours_linear(x, w, b):
+    return ops.fused_linear_relu(x, w, b)
+
+
+def bench_linear(shapes, timer, device, dtype, progress, use_compile):
+    compiled = torch.compile(eager_linear, dynamic=False) if use_compile else None
+    rows = []
+    for batch, k, o in shapes:
+        g = torch.Generator(device="cpu").manual_seed(batch * 7 + k + o)
+        sets = [(torch.randn(batch, k, generator=g).to(device, dtype),) for _ in range(3)]
+        w = (torch.randn(o, k, generator=g) / k ** 0.5).to(device, dtype)
+        b = torch.randn(o, generator=g).to(device, dtype)
+        wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
+        gy = torch.randn(batch, o, generator=g).to(device, dtype)
+        r = {"op": "fused_linear_relu", "shape": f"{batch}x{k}x{o}", "dtype": str(dtype).replace("torch.", "")}
+        with torch.no_grad():
+            r["fwd_ours"] = timer(lambda x: ours_linear(x, w, b), sets)
+            r["fwd_eager"] = timer(lambda x: eager_linear(x, w, b), sets)
+            r["fwd_floor"] = timer(lambda x: torch.addmm(b, x, w.t()), sets)
+            if compiled is not None:
+                r["fwd_compile"] = timer(lambda x: compiled(x, w, b), sets)
+
+        def step(fn):
+            def run(x):
+                xg = x.detach().requires_grad_()
+                y = fn(xg, wg, bg)
+                torch.autograd.grad(y, (xg, wg, bg), gy)
+            return run
+
+        r["fb_ours"] = timer(step(ours_linear), sets)
+        r["fb_eager"] = timer(step(eager_linear), sets)
+        if compiled is not None:
+            r["fb_compile"] = timer(step(compiled), sets)
+        x0 = sets[0][0].detach().requires_grad_()
+        r["saved_ours"] = saved_bytes(lambda: ours_linear(x0, wg, bg), [wg, bg])
+        r["saved_eager"] = saved_bytes(lambda: eager_linear(x0, wg, bg), [wg, bg])
+        rows.append(r)
+        progress.step(r["shape"])
+    return rows
+
+
+def eager_prelu_count(x, w):
+    dims = [d for d in range(x.dim()) if d != 1]
+    return F.prelu(x, w), (x > 0).sum(dims)
+
+
+def bench_prelu(cases, timer, device, dtype, progress, use_compile):
+    compiled = torch.compile(eager_prelu_count, dynamic=False) if use_compile else None
+    rows = []
+    for shape, cl in cases:
+        g = torch.Generator(device="cpu").manual_seed(sum(shape))
+        mf = torch.channels_last if cl else torch.contiguous_format
+        sets = [(torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=mf),) for _ in range(3)]
+        c = shape[1]
+        w = torch.rand(c, generator=g).to(device, dtype)
+        gy = torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=mf)
+        r = {"op": "dead_prelu", "shape": "x".join(map(str, shape)) + ("/cl" if cl else ""),
+             "dtype": str(dtype).replace("torch.", "")}
+        with torch.no_grad():
+            r["fwd_ours"] = timer(lambda x: ops.dead_prelu(x, w), sets)
+            r["fwd_eager"] = timer(lambda x: eager_prelu_count(x, w), sets)
+            r["fwd_floor"] = timer(lambda x: x.clone(), sets)
+            if compiled is not None:
+                r["fwd_compile"] = timer(lambda x: compiled(x, w), sets)
+            r["bwd_ours"] = timer(lambda x: ops.dead_prelu_backward(gy, x, w, [True, True]), sets)
+        wg = w.clone().requires_grad_()
+
+        def eager_bwd(x):
+            xg = x.detach().requires_grad_()
+            y = F.prelu(xg, wg)
+            return y, xg
+
+        # Eager backward alone: the graph is built outside the timed region.
+        graphs = [eager_bwd(s[0]) for s in sets]
+        r["bwd_eager"] = timer(lambda y, xg: torch.autograd.grad(y, (xg, wg), gy, retain_graph=True), graphs)
+        rows.append(r)
+        progress.step(r["shape"])
+    return rows
+
+
+def ratio(a, b):
+    return a[0] / b[0]
+
+
+def table(rows, use_compile):
+    lines = ["| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | saved bytes eager / ours |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["op"] != "fused_linear_relu":
+            continue
+        comp = f"{ratio(r['fwd_compile'], r['fwd_ours']):.2f}x" if use_compile else "n/a"
+        compfb = f"{ratio(r['fb_compile'], r['fb_ours']):.2f}x" if use_compile else "n/a"
+        lines.append(f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
+                     f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['fb_eager'], r['fb_ours']):.2f}x | "
+                     f"{compfb} | {r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |")
+    lines += ["", "| dead_prelu | fwd / clone | fwd speedup vs eager prelu+count | fwd speedup vs compile | bwd speedup vs eager |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if r["op"] != "dead_prelu":
+            continue
+        comp = f"{ratio(r['fwd_compile'], r['fwd_ours']):.2f}x" if use_compile else "n/a"
+        lines.append(f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
+                     f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['bwd_eager'], r['bwd_ours']):.2f}x |")
+    return "\n".join(lines)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    lin = [r for r in rows if r["op"] == "fused_linear_relu"]
+    pre = [r for r in rows if r["op"] == "dead_prelu"]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    for ax, group, series in (
+        (axes[0], lin, [("fwd_eager", "fwd_ours", "fwd: eager / ours"), ("fb_eager", "fb_ours", "fwd+bwd: eager / ours"),
+                        ("fwd_floor", "fwd_ours", "fwd: addmm / ours (<= 1)")]),
+        (axes[1], pre, [("fwd_eager", "fwd_ours", "fwd: eager+count / ours"), ("bwd_eager", "bwd_ours", "bwd: eager / ours"),
+                        ("fwd_floor", "fwd_ours", "fwd: clone / ours (<= 1)")]),
+    ):
+        xs = range(len(group))
+        for j, (a, b, label) in enumerate(series):
+            ax.bar([x + 0.27 * (j - 1) for x in xs], [ratio(r[a], r[b]) for r in group], width=0.27, label=label)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["shape"] for r in group], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("speed ratio (higher: ours faster)")
+        ax.legend(fontsize=8)
+    axes[0].set_title("fused_linear_relu")
+    axes[1].set_title("dead_prelu")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description="torch-relu-ext benchmark suite")
+    ap.add_argument("--quick", action="store_true", help="a few shapes, about a minute")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitor")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = args.device
+    use_compile = not args.no_compile
+    linear = LINEAR_QUICK if args.quick else LINEAR_FULL
+    prelu = PRELU_QUICK if args.quick else PRELU_FULL
+    timer = Timer(device, budget_s=0.4 if args.quick else 1.5, min_reps=5, max_reps=200)
+    progress = Progress(len(linear) + len(prelu))
+    rows = bench_linear(linear, timer, device, torch.float32, progress, use_compile)
+    rows += bench_prelu(prelu, timer, device, torch.float32, progress, use_compile)
+
+    hw = torch.cuda.get_device_name() if device == "cuda" else cpu_model()
+    date = datetime.date.today().isoformat()
+    header = (f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
+              f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets)")
+    text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{device}-{'quick' if args.quick else 'full'}")
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(device=device, hardware=hw, threads=args.threads, date=date, torch=torch.__version__,
+                       results=rows), f, indent=1)
+    keys = sorted({k for r in rows for k in r})
+    with open(stem + ".csv", "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=keys)
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: (v[0] if isinstance(v, tuple) else v) for k, v in r.items()})
+    if plot(rows, stem + ".png"):
+        print(f"plot: {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
