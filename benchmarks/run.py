@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 import torch_relu_ext  # noqa: F401
+from torch_relu_ext.utils import saved_tensor_bytes
 
 ops = torch.ops.relu_ext
 
@@ -97,20 +98,6 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def saved_bytes(fn, params):
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        fn()
-    ptrs = {p.untyped_storage().data_ptr() for p in params}
-    seen, total = set(), 0
-    for t in saved:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in ptrs and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-    return total
-
-
 def eager_linear(x, w, b):
     return F.relu(F.linear(x, w, b))
 
@@ -149,8 +136,8 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
         if compiled is not None:
             r["fb_compile"] = timer(step(compiled), sets)
         x0 = sets[0][0].detach().requires_grad_()
-        r["saved_ours"] = saved_bytes(lambda: ours_linear(x0, wg, bg), [wg, bg])
-        r["saved_eager"] = saved_bytes(lambda: eager_linear(x0, wg, bg), [wg, bg])
+        r["saved_ours"] = saved_tensor_bytes(lambda: ours_linear(x0, wg, bg), [wg, bg])
+        r["saved_eager"] = saved_tensor_bytes(lambda: eager_linear(x0, wg, bg), [wg, bg])
         rows.append(r)
         progress.step(r["shape"])
     return rows

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <utility>
 
 namespace torch_relu_ext::detail {
 
@@ -49,5 +50,21 @@ inline at::Tensor as_rows_symint(const at::Tensor& t) {
 
 // Channels of a PReLU input: size(1) for 2+ dims, else 1.
 int64_t prelu_channels(const at::Tensor& input);
+
+// A PReLU input as the dense [A, C, B] array every device's kernels walk:
+// C channels, A and B the products of the dims laid out before and after the
+// channel dim in memory. Dense layouts (contiguous, channels-last, any other
+// permutation) are used in place; only non-dense views are copied, in the
+// layout empty_like would pick. The channel of offset o is (o / B) % C.
+struct PreluLayout {
+  at::Tensor x;
+  int64_t A = 1;
+  int64_t C = 1;
+  int64_t B = 1;
+};
+PreluLayout prelu_layout(const at::Tensor& input);
+
+// (rows, out_features) of a fused_linear_relu output of shape (*, out).
+std::pair<int64_t, int64_t> output_rows_cols(const at::Tensor& output);
 
 }  // namespace torch_relu_ext::detail

@@ -196,6 +196,30 @@ int64_t prelu_channels(const at::Tensor& input) {
   return input.dim() >= 2 ? input.size(1) : 1;
 }
 
+PreluLayout prelu_layout(const at::Tensor& input) {
+  PreluLayout l;
+  l.x = input.is_non_overlapping_and_dense()
+            ? input
+            : input.contiguous(input.suggest_memory_format());
+  const int64_t numel = l.x.numel();
+  l.C = input.dim() >= 2 ? l.x.size(1) : 1;
+  if (l.C <= 1 || numel == 0) {
+    l.B = numel;  // one channel (or nothing): a single run
+    return l;
+  }
+  // Dense and non-overlapping: the dims laid out after the channel dim span
+  // exactly stride(1) elements.
+  l.B = l.x.stride(1);
+  l.A = numel / (l.C * l.B);
+  return l;
+}
+
+std::pair<int64_t, int64_t> output_rows_cols(const at::Tensor& output) {
+  if (output.dim() == 0) return {1, 1};
+  const at::Tensor rows = as_rows(output);
+  return {rows.size(0), rows.size(1)};
+}
+
 void check_prelu_args(const char* op, const at::Tensor& input,
                       const at::Tensor& weight) {
   check_float(op, "input", input);

@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 
 import torch_relu_ext
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
+from torch_relu_ext.utils import saved_tensor_bytes
 
 
 # torchvision.ops.MLP-style blocks: Linear -> activation -> Dropout. After a
@@ -51,17 +52,7 @@ def copy_weights(eager, fused):
 
 def activation_bytes(model, x):
     """Bytes autograd keeps for backward, parameters excluded."""
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        model(x).sum()
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen, total = set(), 0
-    for t in saved:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-    return total
+    return saved_tensor_bytes(lambda: model(x).sum(), model.parameters())
 
 
 def train(model, x, y, epochs, batch, lr, seed):

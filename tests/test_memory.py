@@ -5,27 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from torch_relu_ext import functional as RF
+from torch_relu_ext.utils import saved_tensor_bytes
 
 
 def saved_activation_bytes(fn, params):
-    """Bytes of the distinct storages autograd saves, parameters excluded."""
-    saved = []
-
-    def pack(t):
-        saved.append(t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = fn()
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    seen, total = set(), 0
-    for t in saved:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in param_ptrs or ptr in seen:
-            continue
-        seen.add(ptr)
-        total += t.untyped_storage().nbytes()
-    return y, total
+    saved_fn_result = []
+    total = saved_tensor_bytes(lambda: saved_fn_result.append(fn()), params)
+    return saved_fn_result[0], total
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

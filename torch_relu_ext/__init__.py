@@ -8,7 +8,7 @@ import torch  # noqa: F401  (libtorch must be loaded before _C)
 
 from . import _C  # noqa: F401  (registers torch.ops.relu_ext.*)
 from . import _meta  # noqa: F401  (fake kernels for compile/export/meta)
-from . import functional, nn
+from . import functional, nn, utils
 from ._version import __version__
 from .dead import DeadNeuronReport, dead_neuron_report, revive_dead_, sync_dead_stats
 from .functional import dead_prelu, fused_linear_relu
@@ -26,4 +26,5 @@ __all__ = [
     "dead_neuron_report",
     "revive_dead_",
     "sync_dead_stats",
+    "utils",
 ]

@@ -29,32 +29,7 @@ using at::Tensor;
 constexpr int64_t kChunkElems = 32768;
 constexpr int64_t kMaxChunks = 64;
 
-struct Layout {
-  Tensor x;       // dense tensor the kernels read (the input itself if dense)
-  int64_t A = 1;  // product of the dims laid out before the channel dim
-  int64_t C = 1;  // channels
-  int64_t B = 1;  // product of the dims laid out after the channel dim
-};
-
-Layout dense_layout(const Tensor& input) {
-  Layout l;
-  // Non-dense views are copied in the layout empty_like would pick.
-  l.x = input.is_non_overlapping_and_dense()
-            ? input
-            : input.contiguous(input.suggest_memory_format());
-  const int64_t numel = l.x.numel();
-  l.C = input.dim() >= 2 ? l.x.size(1) : 1;
-  if (l.C <= 1 || numel == 0) {
-    // One channel (or nothing): the whole tensor is a single run.
-    l.B = numel;
-    return l;
-  }
-  // Dense and non-overlapping: the dims laid out after the channel dim span
-  // exactly stride(1) elements, and the channel of offset o is (o / B) % C.
-  l.B = l.x.stride(1);
-  l.A = numel / (l.C * l.B);
-  return l;
-}
+using Layout = detail::PreluLayout;
 
 int64_t chunk_count(int64_t units, int64_t elems_per_unit) {
   const int64_t total = units * std::max<int64_t>(1, elems_per_unit);
@@ -64,7 +39,7 @@ int64_t chunk_count(int64_t units, int64_t elems_per_unit) {
 std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input,
                                           const Tensor& weight) {
   detail::check_prelu_args("relu_ext::dead_prelu", input, weight);
-  const Layout l = dense_layout(input);
+  const Layout l = detail::prelu_layout(input);
   const int64_t channels = detail::prelu_channels(input);
   Tensor out = at::empty_strided(l.x.sizes(), l.x.strides(), l.x.options());
   Tensor counts = at::zeros({channels}, input.options().dtype(at::kLong));
@@ -113,7 +88,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(
     std::array<bool, 2> output_mask) {
   detail::check_prelu_backward_args("relu_ext::dead_prelu_backward",
                                     grad_output, input, weight);
-  const Layout l = dense_layout(input);
+  const Layout l = detail::prelu_layout(input);
   // grad_output in the same memory layout as the input we read.
   Tensor g = grad_output;
   if (g.strides() != l.x.strides()) {

@@ -173,9 +173,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(
 Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   const at::IntArrayRef size = C10_AS_INTARRAYREF_SLOW(sym_size);
   Tensor out = at::empty(size, mask.options().dtype(at::kBool));
-  const Tensor rows_view = detail::as_rows(out.dim() == 0 ? out.reshape({1}) : out);
-  const int64_t rows = rows_view.size(0);
-  const int64_t cols = rows_view.size(1);
+  const auto [rows, cols] = detail::output_rows_cols(out);
   detail::check_mask_unpack_args("relu_ext::relu_mask_unpack", mask, rows, cols);
   const Tensor m = mask.contiguous();
   const uint8_t* m_p = m.data_ptr<uint8_t>();
@@ -193,9 +191,7 @@ Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {
 }
 
 Tensor relu_mask_count_cpu(const Tensor& mask, const Tensor& output) {
-  const Tensor shape = detail::as_rows(output.dim() == 0 ? output.reshape({1}) : output);
-  const int64_t rows = shape.size(0);
-  const int64_t cols = shape.size(1);
+  const auto [rows, cols] = detail::output_rows_cols(output);
   detail::check_mask_unpack_args("relu_ext::relu_mask_count", mask, rows, cols);
   Tensor counts = at::zeros({cols}, mask.options().dtype(at::kLong));
   if (rows == 0 || cols == 0) return counts;

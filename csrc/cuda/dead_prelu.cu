@@ -37,27 +37,7 @@ constexpr int64_t kMaxChunks = 1024;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-struct Layout {
-  Tensor x;
-  int64_t A = 1, C = 1, B = 1;
-};
-
-// Same decomposition as csrc/cpu/dead_prelu.cpp.
-Layout dense_layout(const Tensor& input) {
-  Layout l;
-  l.x = input.is_non_overlapping_and_dense()
-            ? input
-            : input.contiguous(input.suggest_memory_format());
-  const int64_t numel = l.x.numel();
-  l.C = input.dim() >= 2 ? l.x.size(1) : 1;
-  if (l.C <= 1 || numel == 0) {
-    l.B = numel;
-    return l;
-  }
-  l.B = l.x.stride(1);
-  l.A = numel / (l.C * l.B);
-  return l;
-}
+using Layout = detail::PreluLayout;
 
 template <typename acc_t, typename cnt_t>
 __device__ void block_reduce_write(acc_t gw, cnt_t cnt, acc_t* gw_out,
@@ -373,7 +353,7 @@ void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi,
 std::tuple<Tensor, Tensor> dead_prelu_cuda(const Tensor& input, const Tensor& weight) {
   detail::check_prelu_args("relu_ext::dead_prelu", input, weight);
   c10::cuda::CUDAGuard guard(input.device());
-  const Layout l = dense_layout(input);
+  const Layout l = detail::prelu_layout(input);
   Tensor out = at::empty_strided(l.x.sizes(), l.x.strides(), l.x.options());
   Tensor counts = at::empty({detail::prelu_channels(input)}, input.options().dtype(at::kLong));
   if (counts.numel() > 0 && l.x.numel() == 0) counts.zero_();
@@ -388,7 +368,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cuda(const Tensor& grad_output,
                                                     std::array<bool, 2> output_mask) {
   detail::check_prelu_backward_args("relu_ext::dead_prelu_backward", grad_output, input, weight);
   c10::cuda::CUDAGuard guard(input.device());
-  const Layout l = dense_layout(input);
+  const Layout l = detail::prelu_layout(input);
   Tensor g = grad_output;
   if (g.strides() != l.x.strides()) {
     g = at::empty_strided(l.x.sizes(), l.x.strides(), grad_output.options());

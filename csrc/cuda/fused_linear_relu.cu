@@ -430,8 +430,7 @@ Tensor relu_mask_unpack_cuda(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   c10::cuda::CUDAGuard guard(mask.device());
   const at::IntArrayRef size = C10_AS_INTARRAYREF_SLOW(sym_size);
   Tensor out = at::empty(size, mask.options().dtype(at::kBool));
-  const Tensor rv = detail::as_rows(out.dim() == 0 ? out.reshape({1}) : out);
-  const int64_t rows = rv.size(0), cols = rv.size(1);
+  const auto [rows, cols] = detail::output_rows_cols(out);
   detail::check_mask_unpack_args("relu_ext::relu_mask_unpack", mask, rows, cols);
   if (rows * cols == 0) return out;
   const Tensor m = mask.contiguous();
@@ -443,9 +442,7 @@ Tensor relu_mask_unpack_cuda(const Tensor& mask, c10::SymIntArrayRef sym_size) {
 
 Tensor relu_mask_count_cuda(const Tensor& mask, const Tensor& output) {
   c10::cuda::CUDAGuard guard(mask.device());
-  const Tensor shape = detail::as_rows(output.dim() == 0 ? output.reshape({1}) : output);
-  const int64_t rows = shape.size(0);
-  const int64_t cols = shape.size(1);
+  const auto [rows, cols] = detail::output_rows_cols(output);
   detail::check_mask_unpack_args("relu_ext::relu_mask_count", mask, rows, cols);
   Tensor counts = at::zeros({cols}, mask.options().dtype(at::kLong));
   if (rows == 0 || cols == 0) return counts;
