@@ -64,6 +64,10 @@ struct PreluLayout {
 };
 PreluLayout prelu_layout(const at::Tensor& input);
 
+// `t` with exactly the strides of `like` (same shape): `t` itself when they
+// already match, else a copy. Lets one kernel walk two tensors in lockstep.
+at::Tensor with_strides_of(const at::Tensor& t, const at::Tensor& like);
+
 // (rows, out_features) of a fused_linear_relu output of shape (*, out).
 std::pair<int64_t, int64_t> output_rows_cols(const at::Tensor& output);
 

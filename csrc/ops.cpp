@@ -1,6 +1,7 @@
 // The one place that declares every relu_ext operator schema, plus the public
 // C++ API (dispatcher calls) and the argument checks every kernel shares.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty_strided.h>
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
@@ -212,6 +213,13 @@ PreluLayout prelu_layout(const at::Tensor& input) {
   l.B = l.x.stride(1);
   l.A = numel / (l.C * l.B);
   return l;
+}
+
+at::Tensor with_strides_of(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_strided(like.sizes(), like.strides(), t.options());
+  out.copy_(t);
+  return out;
 }
 
 std::pair<int64_t, int64_t> output_rows_cols(const at::Tensor& output) {

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <climits>
 #include <vector>
 
 #include "../checks.h"
@@ -67,8 +68,13 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input,
             if (u0 >= u1) continue;
             int64_t* cnt = partial.data() + c * l.C;
             if (rows_path) {
-              prelu_forward_rows<scalar_t, acc_t>(x_p + u0 * l.C, y_p + u0 * l.C,
-                                                  w_p, w_scalar, u1 - u0, l.C, cnt);
+              std::vector<int32_t> scratch(l.C);
+              for (int64_t r0 = u0; r0 < u1; r0 += INT32_MAX) {
+                const int64_t r1 = std::min<int64_t>(u1, r0 + INT32_MAX);
+                prelu_forward_rows<scalar_t, acc_t>(x_p + r0 * l.C, y_p + r0 * l.C, w_p,
+                                                    w_scalar, r1 - r0, l.C, cnt,
+                                                    scratch.data());
+              }
             } else {
               prelu_forward_flat<scalar_t, acc_t>(x_p, y_p, w_p, w_scalar, u0, u1,
                                                   l.C, l.B, cnt);
@@ -90,11 +96,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(
                                     grad_output, input, weight);
   const Layout l = detail::prelu_layout(input);
   // grad_output in the same memory layout as the input we read.
-  Tensor g = grad_output;
-  if (g.strides() != l.x.strides()) {
-    g = at::empty_strided(l.x.sizes(), l.x.strides(), grad_output.options());
-    g.copy_(grad_output);
-  }
+  const Tensor g = detail::with_strides_of(grad_output, l.x);
   Tensor grad_input, grad_weight;
   if (output_mask[0]) {
     grad_input = at::empty_strided(l.x.sizes(), l.x.strides(), l.x.options());

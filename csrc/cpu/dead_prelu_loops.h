@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../core/relu_math.h"
 
@@ -21,9 +22,13 @@ namespace torch_relu_ext::cpu {
 constexpr int64_t kRun = 4096;
 constexpr int kLanes = 8;
 
+// `counts32` is caller scratch of C int32 counters: 32-bit lanes vectorize
+// (int64 per-element increments did not); at most 2^31 - 1 rows per call.
 template <typename T, typename Acc>
 void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
-                        int64_t rows, int64_t C, int64_t* counts) {
+                        int64_t rows, int64_t C, int64_t* counts,
+                        int32_t* counts32) {
+  for (int64_t c = 0; c < C; ++c) counts32[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
     T* yr = y + r * C;
@@ -32,16 +37,17 @@ void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
       for (int64_t c = 0; c < C; ++c) {
         const Acc v = static_cast<Acc>(xr[c]);
         yr[c] = static_cast<T>(core::prelu(v, wv));
-        counts[c] += core::active(v);
+        counts32[c] += core::active(v);
       }
     } else {
       for (int64_t c = 0; c < C; ++c) {
         const Acc v = static_cast<Acc>(xr[c]);
         yr[c] = static_cast<T>(core::prelu(v, static_cast<Acc>(w[c])));
-        counts[c] += core::active(v);
+        counts32[c] += core::active(v);
       }
     }
   }
+  for (int64_t c = 0; c < C; ++c) counts[c] += counts32[c];
 }
 
 // Elements [e0, e1) of the flat [A, C, B] array.
@@ -75,22 +81,34 @@ void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar,
 template <typename T, typename Acc, typename Red>
 void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
                          int64_t rows, int64_t C, T* gi, Red* gw) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    const T* gr = g + r * C;
-    if (gi != nullptr) {
-      T* out = gi + r * C;
-      for (int64_t c = 0; c < C; ++c) {
-        const Acc wv = static_cast<Acc>(w[w_scalar ? 0 : c]);
-        out[c] = static_cast<T>(core::prelu_grad_input(
-            static_cast<Acc>(xr[c]), wv, static_cast<Acc>(gr[c])));
+  // Per-channel float sums over blocks of rows, flushed to Red: the inner
+  // loops are plain vectorizable selects and adds over the C channels.
+  constexpr int64_t kBlock = 256;
+  std::vector<Acc> wv(C), block(C);
+  for (int64_t c = 0; c < C; ++c) wv[c] = static_cast<Acc>(w[w_scalar ? 0 : c]);
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t r1 = std::min(rows, r0 + kBlock);
+    for (int64_t c = 0; c < C; ++c) block[c] = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * C;
+      const T* gr = g + r * C;
+      const Acc* wp = wv.data();
+      Acc* bp = block.data();
+      if (gi != nullptr) {
+        T* out = gi + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          out[c] = static_cast<T>(core::prelu_grad_input(
+              static_cast<Acc>(xr[c]), wp[c], static_cast<Acc>(gr[c])));
+        }
+      }
+      if (gw != nullptr) {
+        for (int64_t c = 0; c < C; ++c) {
+          bp[c] += core::prelu_grad_weight(static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c]));
+        }
       }
     }
     if (gw != nullptr) {
-      for (int64_t c = 0; c < C; ++c) {
-        gw[c] += static_cast<Red>(core::prelu_grad_weight(
-            static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c])));
-      }
+      for (int64_t c = 0; c < C; ++c) gw[c] += static_cast<Red>(block[c]);
     }
   }
 }
@@ -109,28 +127,23 @@ void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar,
       const int64_t len = std::min(kRun, end - e);
       const T* xs = x + e;
       const T* gs = g + e;
-      if (gi != nullptr) {
-        T* out = gi + e;
-        for (int64_t j = 0; j < len; ++j) {
-          out[j] = static_cast<T>(core::prelu_grad_input(
-              static_cast<Acc>(xs[j]), wv, static_cast<Acc>(gs[j])));
-        }
+      // Per-element terms first (a vectorized select, no branch on the
+      // sign), then a fixed-lane sum: same order on every run.
+      alignas(64) Acc term[kRun];
+      T* out = gi != nullptr ? gi + e : nullptr;
+      for (int64_t j = 0; j < len; ++j) {
+        const Acc xv = static_cast<Acc>(xs[j]);
+        const Acc gv = static_cast<Acc>(gs[j]);
+        if (out != nullptr) out[j] = static_cast<T>(core::prelu_grad_input(xv, wv, gv));
+        term[j] = core::prelu_grad_weight(xv, gv);
       }
       if (gw != nullptr) {
-        // Fixed lane split: vectorizes without reassociation flags and sums
-        // in the same order on every run.
         Acc lane[kLanes] = {};
         int64_t j = 0;
         for (; j + kLanes <= len; j += kLanes) {
-          for (int k = 0; k < kLanes; ++k) {
-            lane[k] += core::prelu_grad_weight(static_cast<Acc>(xs[j + k]),
-                                               static_cast<Acc>(gs[j + k]));
-          }
+          for (int k = 0; k < kLanes; ++k) lane[k] += term[j + k];
         }
-        for (; j < len; ++j) {
-          lane[0] += core::prelu_grad_weight(static_cast<Acc>(xs[j]),
-                                             static_cast<Acc>(gs[j]));
-        }
+        for (; j < len; ++j) lane[0] += term[j];
         Red s = 0;
         for (int k = 0; k < kLanes; ++k) s += static_cast<Red>(lane[k]);
         total += s;

@@ -369,11 +369,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cuda(const Tensor& grad_output,
   detail::check_prelu_backward_args("relu_ext::dead_prelu_backward", grad_output, input, weight);
   c10::cuda::CUDAGuard guard(input.device());
   const Layout l = detail::prelu_layout(input);
-  Tensor g = grad_output;
-  if (g.strides() != l.x.strides()) {
-    g = at::empty_strided(l.x.sizes(), l.x.strides(), grad_output.options());
-    g.copy_(grad_output);
-  }
+  const Tensor g = detail::with_strides_of(grad_output, l.x);
   Tensor grad_input, grad_weight;
   if (output_mask[0]) grad_input = at::empty_strided(l.x.sizes(), l.x.strides(), l.x.options());
   if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
