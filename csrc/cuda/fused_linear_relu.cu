@@ -195,7 +195,14 @@ bool env_flag(const char* name) {
   return v != nullptr && v[0] != '\0' && std::strcmp(v, "0") != 0;
 }
 
-bool cublaslt_disabled() { return env_flag("TORCH_RELU_EXT_DISABLE_CUBLASLT"); }
+// The fallback's products go through at::mm, which follows
+// torch.use_deterministic_algorithms (and CUBLAS_WORKSPACE_CONFIG) like every
+// other PyTorch GEMM: under deterministic mode the cuBLASLt path, whose
+// algorithm choice is ours, is not used.
+bool cublaslt_disabled() {
+  return env_flag("TORCH_RELU_EXT_DISABLE_CUBLASLT") ||
+         at::globalContext().deterministicAlgorithms();
+}
 
 // TORCH_RELU_EXT_VERBOSE=1 says why cuBLASLt declined a call.
 bool declined(const char* why, int status) {
