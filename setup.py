@@ -44,10 +44,18 @@ HEADERS = rel("csrc/**/*.h") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.
 CXX_FLAGS = ["-O3", "-fno-trapping-math", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+LINK_FLAGS = []
+if os.environ.get("TORCH_RELU_EXT_SANITIZE", "0") not in ("", "0"):
+    # ASan + UBSan for the project's C++ (CPU-only build; see the README for
+    # running the Python tests against it).
+    CXX_FLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    LINK_FLAGS += ["-fsanitize=address,undefined"]
+    os.environ["TORCH_RELU_EXT_CPU_ONLY"] = "1"
 COMMON = dict(
     name="torch_relu_ext._C",
     depends=HEADERS,
     include_dirs=[os.path.join(ROOT, "include"), os.path.join(ROOT, "csrc")],
+    extra_link_args=LINK_FLAGS,
 )
 
 if build_cuda():

@@ -158,3 +158,36 @@ TEST(Ops, ConcurrentCallsFromCppThreads) {
   for (auto& th : threads) th.join();
   for (int t = 0; t < 8; ++t) EXPECT_TRUE(ok[t]) << t;
 }
+
+// Every CPU kernel path (row blocks, chunked reductions, each PReLU layout),
+// so that the sanitizer build walks all of them.
+TEST(Ops, KernelPathsAtSizesThatSplitWork) {
+  at::manual_seed(3);
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    const auto opt = at::TensorOptions().dtype(dtype);
+    for (auto shape : std::vector<std::vector<int64_t>>{{1, 3, 5}, {9000, 16, 33}, {300, 7, 257}}) {
+      auto x = at::randn({shape[0], shape[1]}, opt).requires_grad_();
+      auto w = at::randn({shape[2], shape[1]}, opt).requires_grad_();
+      auto b = at::randn({shape[2]}, opt).requires_grad_();
+      auto [y, mask] = torch_relu_ext::fused_linear_relu_forward(x, w, b);
+      auto counts = torch_relu_ext::relu_mask_count(mask, y);
+      auto bits = torch_relu_ext::relu_mask_unpack(mask, y.sizes());
+      EXPECT_TRUE(at::equal(counts, bits.sum(0)));
+      if (dtype == at::kFloat) EXPECT_TRUE(at::equal(bits, y > 0));
+      auto grads = torch::autograd::grad({y.to(at::kFloat).sum()}, {x, w, b});
+      EXPECT_EQ(grads.size(), 3u);
+    }
+    for (auto shape : std::vector<std::vector<int64_t>>{{7}, {40000, 13}, {8, 7, 33, 35}, {2, 1, 30, 31}}) {
+      auto x = at::randn(shape, opt);
+      if (shape.size() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+      x.requires_grad_();
+      const int64_t channels = shape.size() >= 2 ? shape[1] : 1;
+      auto w = at::rand({channels}, opt).requires_grad_();
+      auto [out, count] = torch_relu_ext::dead_prelu(x, w);
+      EXPECT_EQ(count.sum().item<int64_t>(), (x > 0).sum().item<int64_t>());
+      EXPECT_TRUE(at::equal(out, at::prelu(x, w)));
+      auto grads = torch::autograd::grad({out.to(at::kFloat).sum()}, {x, w});
+      EXPECT_EQ(grads[0].sizes(), x.sizes());
+    }
+  }
+}
