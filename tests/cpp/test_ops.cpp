@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <thread>
@@ -188,6 +189,49 @@ TEST(Ops, KernelPathsAtSizesThatSplitWork) {
       EXPECT_TRUE(at::equal(out, at::prelu(x, w)));
       auto grads = torch::autograd::grad({out.to(at::kFloat).sum()}, {x, w});
       EXPECT_EQ(grads[0].sizes(), x.sizes());
+    }
+  }
+}
+
+// The malformed-call table through the C++ API: each call throws c10::Error
+// whose message names the operator and the argument.
+TEST(Ops, MalformedCallsThroughCppApi) {
+  const auto x = at::randn({4, 3});
+  const auto w = at::randn({5, 3});
+  const auto b = at::randn({5});
+  const auto mask = at::zeros({3}, at::kByte);
+  struct Case {
+    const char* name;
+    std::function<void()> call;
+    const char* op;
+    const char* word;
+  };
+  const std::vector<Case> cases = {
+      {"0-D input", [&] { torch_relu_ext::fused_linear_relu(at::randn({}), w, b); }, "fused_linear_relu", "input"},
+      {"1-D weight", [&] { torch_relu_ext::fused_linear_relu(x, at::randn({3}), b); }, "fused_linear_relu", "weight"},
+      {"in_features", [&] { torch_relu_ext::fused_linear_relu(at::randn({4, 2}), w, b); }, "fused_linear_relu", "in_features"},
+      {"bias size", [&] { torch_relu_ext::fused_linear_relu(x, w, at::randn({4})); }, "fused_linear_relu", "bias"},
+      {"int input", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kLong), w, b); }, "fused_linear_relu", "input"},
+      {"dtype mix", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kDouble), w, b); }, "fused_linear_relu", "weight"},
+      {"complex weight", [&] { torch_relu_ext::fused_linear_relu(x, w.to(at::kComplexFloat), b); }, "fused_linear_relu", "weight"},
+      {"sparse input", [&] { torch_relu_ext::fused_linear_relu(x.to_sparse(), w, b); }, "fused_linear_relu", "input"},
+      {"mask size", [&] { torch_relu_ext::fused_linear_relu_backward(at::randn({4, 5}), x, w, at::zeros({2}, at::kByte), {true, true, true}); }, "fused_linear_relu_backward", "mask"},
+      {"grad shape", [&] { torch_relu_ext::fused_linear_relu_backward(at::randn({4, 4}), x, w, mask, {true, true, true}); }, "fused_linear_relu_backward", "grad_output"},
+      {"prelu weight size", [&] { torch_relu_ext::dead_prelu(x, at::rand({2})); }, "dead_prelu", "weight"},
+      {"prelu 2-D weight", [&] { torch_relu_ext::dead_prelu(x, at::rand({1, 3})); }, "dead_prelu", "weight"},
+      {"prelu int input", [&] { torch_relu_ext::dead_prelu(x.to(at::kInt), at::rand({3})); }, "dead_prelu", "input"},
+      {"prelu bool weight", [&] { torch_relu_ext::dead_prelu(x, at::ones({3}, at::kBool)); }, "dead_prelu", "weight"},
+      {"prelu dtype mix", [&] { torch_relu_ext::dead_prelu(x, at::rand({3}, at::kDouble)); }, "dead_prelu", "weight"},
+      {"prelu backward grad", [&] { torch_relu_ext::dead_prelu_backward(at::randn({3, 4}), x, at::rand({3}), {true, true}); }, "dead_prelu_backward", "grad_output"},
+  };
+  for (const auto& c : cases) {
+    try {
+      c.call();
+      ADD_FAILURE() << c.name << ": no error";
+    } catch (const c10::Error& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find(std::string("relu_ext::") + c.op), std::string::npos) << c.name << ": " << msg;
+      EXPECT_NE(msg.find(c.word), std::string::npos) << c.name << ": " << msg;
     }
   }
 }
