@@ -1,0 +1,18 @@
+"""python -m torch_relu_ext: info and self-check."""
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_info_command_runs_and_self_checks():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch_relu_ext"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "torch-relu-ext 0.1.0" in out
+    assert "self-check cpu: OK" in out
+    row = next(line for line in out.splitlines() if line.startswith("fused_linear_relu "))
+    assert row.split()[1:4] == ["yes", "yes", "yes"]  # CPU, CUDA (nvcc here), Autograd

@@ -1,0 +1,72 @@
+"""python -m torch_relu_ext: version, build, registered kernels, and a short
+self-check against torch.nn.functional. Exit code 1 if the self-check fails."""
+
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import torch_relu_ext
+from torch_relu_ext import _C
+
+OPS = ["fused_linear_relu", "fused_linear_relu_forward", "fused_linear_relu_backward", "relu_mask_unpack",
+       "relu_mask_count", "dead_prelu", "dead_prelu_backward"]
+KEYS = ["CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA", "Meta"]
+
+
+def kernel_table():
+    lines = [f"{'operator':<30}" + "".join(f"{k:>13}" for k in KEYS)]
+    for op in OPS:
+        row = [torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", k) for k in KEYS]
+        lines.append(f"{op:<30}" + "".join(f"{'yes' if r else '-':>13}" for r in row))
+    return "\n".join(lines)
+
+
+def self_check(device, seconds=2.0):
+    deadline = time.time() + seconds
+    cases = 0
+    g = torch.Generator().manual_seed(0)
+    while time.time() < deadline or cases < 4:
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+            n, k, o = (int(v) for v in torch.randint(1, 40, (3,), generator=g))
+            x = torch.randn(n, k, generator=g, dtype=dtype).to(device).requires_grad_()
+            w = torch.randn(o, k, generator=g, dtype=dtype).to(device).requires_grad_()
+            b = torch.randn(o, generator=g, dtype=dtype).to(device).requires_grad_()
+            ours = torch_relu_ext.fused_linear_relu(x, w, b)
+            ref = F.relu(F.linear(x, w, b))
+            if not torch.allclose(ours, ref, rtol=tol, atol=tol):
+                return False, f"fused_linear_relu forward differs ({device}, {dtype})"
+            ga = torch.autograd.grad(ours.sum(), (x, w, b))
+            gb = torch.autograd.grad(ref.sum(), (x, w, b))
+            if not all(torch.allclose(a, e, rtol=tol, atol=tol) for a, e in zip(ga, gb)):
+                return False, f"fused_linear_relu gradients differ ({device}, {dtype})"
+            xp = torch.randn(n, o, 3, generator=g, dtype=dtype).to(device)
+            wp = torch.rand(o, generator=g, dtype=dtype).to(device)
+            out, count = torch_relu_ext.dead_prelu(xp, wp)
+            if not torch.equal(out, F.prelu(xp, wp)) or not torch.equal(count, (xp > 0).sum((0, 2))):
+                return False, f"dead_prelu differs ({device}, {dtype})"
+            cases += 1
+    return True, f"{cases} random cases"
+
+
+def main():
+    print(f"torch-relu-ext {torch_relu_ext.__version__} ({_C.__file__})")
+    print(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
+          f"GPU visible: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}")
+    cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")
+    print(f"build: CUDA kernels {'compiled' if cuda_built else 'not compiled (CPU-only build)'}")
+    print()
+    print(kernel_table())
+    print()
+    ok = True
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cuda_built else [])
+    for device in devices:
+        passed, detail = self_check(device)
+        ok &= passed
+        print(f"self-check {device}: {'OK' if passed else 'FAILED'} ({detail})")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
