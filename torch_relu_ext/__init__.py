@@ -10,6 +10,7 @@ from . import _C  # noqa: F401  (registers torch.ops.relu_ext.*)
 from . import _meta  # noqa: F401  (fake kernels for compile/export/meta)
 from . import functional, nn, utils
 from ._version import __version__
+from .convert import ConversionReport, convert, revert
 from .dead import DeadNeuronReport, dead_neuron_report, revive_dead_, sync_dead_stats
 from .functional import dead_prelu, fused_linear_relu
 from .nn import DeadAwarePReLU, FusedLinearReLU
@@ -27,4 +28,7 @@ __all__ = [
     "revive_dead_",
     "sync_dead_stats",
     "utils",
+    "convert",
+    "revert",
+    "ConversionReport",
 ]
