@@ -4,6 +4,7 @@
 #   bash dev.sh demo    the main job: eager vs fused MLP on scikit-learn digits
 #   bash dev.sh test    the whole test suite
 #   bash dev.sh build   set-up and build only
+#   bash dev.sh lint    ruff, clang-format, clang-tidy (also part of `test`)
 #   bash dev.sh bench   the benchmark suite (extra args passed on)
 # Every step is skipped when already done: a second run re-downloads and
 # rebuilds nothing that did not change.
@@ -74,12 +75,38 @@ build() {
 # The package is built in place: the repository root is on the import path.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
+# Lint and format checks (run by `test`): ruff for Python, clang-format for
+# C++/CUDA, clang-tidy and a torch-free compile of the ATen-free core.
+lint() {
+  log "lint: ruff, clang-format, clang-tidy"
+  "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet .
+  local cxx
+  cxx=$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'include/*.h' 'tests/cpp/*.cpp' 'examples/cpp/*.cpp')
+  if command -v clang-format >/dev/null 2>&1; then
+    # shellcheck disable=SC2086
+    clang-format --dry-run --Werror $cxx
+  else
+    log "clang-format not found: C++ format check skipped"
+  fi
+  g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -Icsrc tests/cpp/core_headers.cpp
+  if command -v clang-tidy >/dev/null 2>&1; then
+    clang-tidy --quiet tests/cpp/core_headers.cpp -- -std=c++17 -Icsrc 2>/dev/null
+  else
+    log "clang-tidy not found: skipped"
+  fi
+}
+
 cmd="${1:-help}"
 shift || true
 case "$cmd" in
   build) build ;;
+  lint)
+    ensure_venv
+    lint
+    ;;
   test)
     build
+    lint
     log "running tests"
     exec "$PY" -m pytest -q "$@"
     ;;

@@ -15,9 +15,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def rel(pattern):
-    return sorted(
-        os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)
-    )
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
 
 
 def version():
@@ -39,8 +37,13 @@ def build_cuda():
 # The operator library (schemas, kernels, autograd) plus the Python-only
 # module init. The CMake build of the LibTorch library takes the same sources
 # minus csrc/python.
-SOURCES = (rel("csrc/ops.cpp") + rel("csrc/cpu/*.cpp") + rel("csrc/autograd/*.cpp") + rel("csrc/autocast/*.cpp")
-           + rel("csrc/python/*.cpp"))
+SOURCES = (
+    rel("csrc/ops.cpp")
+    + rel("csrc/cpu/*.cpp")
+    + rel("csrc/autograd/*.cpp")
+    + rel("csrc/autocast/*.cpp")
+    + rel("csrc/python/*.cpp")
+)
 HEADERS = rel("csrc/**/*.h") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.

@@ -36,16 +36,20 @@ def time_ms(fn, reps=50, warmup=10):
 
 
 def linear_cases(quick):
-    cases = [((8192, 4096, 4096), torch.bfloat16), ((8192, 4096, 4096), torch.float16),
-             ((8192, 128, 8192), torch.bfloat16), ((4096, 1024, 1024), torch.float32),
-             ((32768, 64, 4096), torch.bfloat16)]
+    cases = [
+        ((8192, 4096, 4096), torch.bfloat16),
+        ((8192, 4096, 4096), torch.float16),
+        ((8192, 128, 8192), torch.bfloat16),
+        ((4096, 1024, 1024), torch.float32),
+        ((32768, 64, 4096), torch.bfloat16),
+    ]
     return cases[:2] if quick else cases
 
 
 def bench_linear(results, quick):
     for (n, k, o), dtype in linear_cases(quick):
         x = torch.randn(n, k, dtype=dtype, device="cuda")
-        w = torch.randn(o, k, dtype=dtype, device="cuda") / k ** 0.5
+        w = torch.randn(o, k, dtype=dtype, device="cuda") / k**0.5
         b = torch.randn(o, dtype=dtype, device="cuda")
         xg = x.clone().requires_grad_()
         wg = w.clone().requires_grad_()
@@ -59,20 +63,32 @@ def bench_linear(results, quick):
         t_ours_fb = time_ms(lambda: torch.autograd.grad(ops.fused_linear_relu(xg, wg, bg), (xg, wg, bg), g))
         t_eager_fb = time_ms(lambda: torch.autograd.grad(F.relu(F.linear(xg, wg, bg)), (xg, wg, bg), g))
         flops = 2 * n * k * o
-        results.append(dict(
-            op="fused_linear_relu", shape=f"{n}x{k}x{o}", dtype=str(dtype).replace("torch.", ""),
-            ours_fwd_ms=t_ours, ours_fwd_mask_ms=t_ours_mask, eager_fwd_ms=t_eager, addmm_ms=t_addmm,
-            ours_fwdbwd_ms=t_ours_fb, eager_fwdbwd_ms=t_eager_fb,
-            fwd_vs_addmm=t_ours_mask / t_addmm, fwd_speedup_vs_eager=t_eager / t_ours_mask,
-            fwdbwd_speedup_vs_eager=t_eager_fb / t_ours_fb, tflops_fwd=flops / t_ours_mask / 1e9,
-        ))
+        results.append(
+            dict(
+                op="fused_linear_relu",
+                shape=f"{n}x{k}x{o}",
+                dtype=str(dtype).replace("torch.", ""),
+                ours_fwd_ms=t_ours,
+                ours_fwd_mask_ms=t_ours_mask,
+                eager_fwd_ms=t_eager,
+                addmm_ms=t_addmm,
+                ours_fwdbwd_ms=t_ours_fb,
+                eager_fwdbwd_ms=t_eager_fb,
+                fwd_vs_addmm=t_ours_mask / t_addmm,
+                fwd_speedup_vs_eager=t_eager / t_ours_mask,
+                fwdbwd_speedup_vs_eager=t_eager_fb / t_ours_fb,
+                tflops_fwd=flops / t_ours_mask / 1e9,
+            )
+        )
 
 
 def prelu_cases(quick):
-    cases = [((64, 256, 56, 56), torch.float32, torch.contiguous_format),
-             ((64, 256, 56, 56), torch.float32, torch.channels_last),
-             ((64, 256, 56, 56), torch.bfloat16, torch.contiguous_format),
-             ((65536, 4096), torch.bfloat16, torch.contiguous_format)]
+    cases = [
+        ((64, 256, 56, 56), torch.float32, torch.contiguous_format),
+        ((64, 256, 56, 56), torch.float32, torch.channels_last),
+        ((64, 256, 56, 56), torch.bfloat16, torch.contiguous_format),
+        ((65536, 4096), torch.bfloat16, torch.contiguous_format),
+    ]
     return cases[:2] if quick else cases
 
 
@@ -94,14 +110,24 @@ def bench_prelu(results, quick):
         ye = F.prelu(xg, wg)
         t_eager_bwd = time_ms(lambda: torch.autograd.grad(ye, (xg, wg), g, retain_graph=True))
         nbytes = x.numel() * x.element_size()
-        results.append(dict(
-            op="dead_prelu", shape="x".join(map(str, shape)) + ("/cl" if mf == torch.channels_last else ""),
-            dtype=str(dtype).replace("torch.", ""), ours_fwd_ms=t_ours, eager_fwd_count_ms=t_eager,
-            eager_prelu_only_ms=t_eager_only, clone_ms=t_clone, ours_bwd_ms=t_bwd, eager_bwd_ms=t_eager_bwd,
-            fwd_bw_frac_of_clone=t_clone / t_ours, bwd_bw_frac_of_copy=(t_clone * 1.5) / t_bwd,
-            fwd_speedup_vs_eager=t_eager / t_ours, bwd_speedup_vs_eager=t_eager_bwd / t_bwd,
-            clone_tbps=2 * nbytes / t_clone / 1e9,
-        ))
+        results.append(
+            dict(
+                op="dead_prelu",
+                shape="x".join(map(str, shape)) + ("/cl" if mf == torch.channels_last else ""),
+                dtype=str(dtype).replace("torch.", ""),
+                ours_fwd_ms=t_ours,
+                eager_fwd_count_ms=t_eager,
+                eager_prelu_only_ms=t_eager_only,
+                clone_ms=t_clone,
+                ours_bwd_ms=t_bwd,
+                eager_bwd_ms=t_eager_bwd,
+                fwd_bw_frac_of_clone=t_clone / t_ours,
+                bwd_bw_frac_of_copy=(t_clone * 1.5) / t_bwd,
+                fwd_speedup_vs_eager=t_eager / t_ours,
+                bwd_speedup_vs_eager=t_eager_bwd / t_bwd,
+                clone_tbps=2 * nbytes / t_clone / 1e9,
+            )
+        )
 
 
 def main():
@@ -115,21 +141,34 @@ def main():
     bench_linear(results, args.quick)
     bench_prelu(results, args.quick)
     name = torch.cuda.get_device_name()
-    lines = [f"GPU: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}", "",
-             "| fused_linear_relu | dtype | ours fwd (ms) | addmm+bias (ms) | eager fwd (ms) | fwd / addmm | fwd speedup vs eager | fwd+bwd speedup vs eager |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"GPU: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}",
+        "",
+        "| fused_linear_relu | dtype | ours fwd (ms) | addmm+bias (ms) | eager fwd (ms) | fwd / addmm | fwd speedup vs eager | fwd+bwd speedup vs eager |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if r["op"] == "fused_linear_relu":
-            lines.append(f"| {r['shape']} | {r['dtype']} | {r['ours_fwd_mask_ms']:.3f} | {r['addmm_ms']:.3f} | {r['eager_fwd_ms']:.3f} | "
-                         f"{r['fwd_vs_addmm']:.3f} | {r['fwd_speedup_vs_eager']:.2f}x | {r['fwdbwd_speedup_vs_eager']:.2f}x |")
-    lines += ["", "| dead_prelu | dtype | ours fwd (ms) | clone (ms) | fwd % of copy BW | eager prelu+count (ms) | ours bwd (ms) | bwd % of copy BW | bwd speedup vs eager |",
-              "|---|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['shape']} | {r['dtype']} | {r['ours_fwd_mask_ms']:.3f} | {r['addmm_ms']:.3f} | {r['eager_fwd_ms']:.3f} | "
+                f"{r['fwd_vs_addmm']:.3f} | {r['fwd_speedup_vs_eager']:.2f}x | {r['fwdbwd_speedup_vs_eager']:.2f}x |"
+            )
+    lines += [
+        "",
+        "| dead_prelu | dtype | ours fwd (ms) | clone (ms) | fwd % of copy BW | eager prelu+count (ms) | ours bwd (ms) | bwd % of copy BW | bwd speedup vs eager |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if r["op"] == "dead_prelu":
-            lines.append(f"| {r['shape']} | {r['dtype']} | {r['ours_fwd_ms']:.3f} | {r['clone_ms']:.3f} | {100 * r['fwd_bw_frac_of_clone']:.0f}% | "
-                         f"{r['eager_fwd_count_ms']:.3f} | {r['ours_bwd_ms']:.3f} | {100 * r['bwd_bw_frac_of_copy']:.0f}% | {r['bwd_speedup_vs_eager']:.2f}x |")
-    lines += ["", "bwd % of copy BW: the backward moves 3 tensors (reads x and grad, writes grad_input), "
-              "1.5x a clone's 2; 100% = the clone's bandwidth."]
+            lines.append(
+                f"| {r['shape']} | {r['dtype']} | {r['ours_fwd_ms']:.3f} | {r['clone_ms']:.3f} | {100 * r['fwd_bw_frac_of_clone']:.0f}% | "
+                f"{r['eager_fwd_count_ms']:.3f} | {r['ours_bwd_ms']:.3f} | {100 * r['bwd_bw_frac_of_copy']:.0f}% | {r['bwd_speedup_vs_eager']:.2f}x |"
+            )
+    lines += [
+        "",
+        "bwd % of copy BW: the backward moves 3 tensors (reads x and grad, writes grad_input), "
+        "1.5x a clone's 2; 100% = the clone's bandwidth.",
+    ]
     text = "\n".join(lines)
     print(text)
     if args.md:

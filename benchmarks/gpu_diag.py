@@ -30,7 +30,7 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                 warnings.simplefilter("always")
                 names = kernels(fn)
             why = "; ".join(str(c.message)[:160] for c in caught) or "cuBLASLt used"
-            print(f"{str(dtype):15} bias={bias!s:5} mask={with_mask!s:5} | {why} | kernels: {names}")
+            print(f"{dtype!s:15} bias={bias!s:5} mask={with_mask!s:5} | {why} | kernels: {names}")
 
 # NaN / -0.0 through the epilogue (cuBLASLt path unless it declined above).
 x = torch.zeros(4, 8, device="cuda")
@@ -52,5 +52,10 @@ b = torch.zeros(256, device="cuda")
 b[1], b[2], b[3] = -0.0, 1e-30, -1e-30
 out, mask = ops.fused_linear_relu_forward(x, w, b)
 act = ops.relu_mask_unpack(mask, [1, 256])
-print("pre-activation +0, -0, 1e-30, -1e-30 -> mask", act[0, :4].tolist(), "out", out[0, :4].tolist(),
-      "(eager passes the gradient only for 1e-30)")
+print(
+    "pre-activation +0, -0, 1e-30, -1e-30 -> mask",
+    act[0, :4].tolist(),
+    "out",
+    out[0, :4].tolist(),
+    "(eager passes the gradient only for 1e-30)",
+)

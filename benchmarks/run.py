@@ -39,13 +39,23 @@ from torch_relu_ext.utils import saved_tensor_bytes
 ops = torch.ops.relu_ext
 
 LINEAR_FULL = [  # (batch, in_features, out_features)
-    (32, 1024, 1024), (256, 1024, 1024), (2048, 1024, 1024), (8192, 1024, 1024),
-    (256, 64, 4096), (2048, 64, 4096), (8192, 128, 4096), (8192, 64, 1024),
-    (2048, 4096, 4096), (512, 4096, 64),
+    (32, 1024, 1024),
+    (256, 1024, 1024),
+    (2048, 1024, 1024),
+    (8192, 1024, 1024),
+    (256, 64, 4096),
+    (2048, 64, 4096),
+    (8192, 128, 4096),
+    (8192, 64, 1024),
+    (2048, 4096, 4096),
+    (512, 4096, 64),
 ]
 LINEAR_QUICK = [(256, 1024, 1024), (2048, 64, 4096), (8192, 128, 1024)]
 PRELU_FULL = [  # (shape, channels_last)
-    ((8192, 1024), False), ((64, 256), False), ((32, 64, 56, 56), False), ((32, 64, 56, 56), True),
+    ((8192, 1024), False),
+    ((64, 256), False),
+    ((32, 64, 56, 56), False),
+    ((32, 64, 56, 56), True),
     ((8, 256, 28, 28), True),
 ]
 PRELU_QUICK = [((8192, 1024), False), ((32, 64, 56, 56), False), ((32, 64, 56, 56), True)]
@@ -91,8 +101,9 @@ class Progress:
         self.done += 1
         width = 30
         filled = int(width * self.done / self.total)
-        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                         f"{time.time() - self.t0:5.0f}s {label[:40]:<40}")
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {time.time() - self.t0:5.0f}s {label[:40]:<40}"
+        )
         sys.stderr.flush()
         if self.done == self.total:
             sys.stderr.write("\n")
@@ -112,7 +123,7 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
     for batch, k, o in shapes:
         g = torch.Generator(device="cpu").manual_seed(batch * 7 + k + o)
         sets = [(torch.randn(batch, k, generator=g).to(device, dtype),) for _ in range(3)]
-        w = (torch.randn(o, k, generator=g) / k ** 0.5).to(device, dtype)
+        w = (torch.randn(o, k, generator=g) / k**0.5).to(device, dtype)
         b = torch.randn(o, generator=g).to(device, dtype)
         wg, bg = w.clone().requires_grad_(), b.clone().requires_grad_()
         gy = torch.randn(batch, o, generator=g).to(device, dtype)
@@ -129,6 +140,7 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
                 xg = x.detach().requires_grad_()
                 y = fn(xg, wg, bg)
                 torch.autograd.grad(y, (xg, wg, bg), gy)
+
             return run
 
         r["fb_ours"] = timer(step(ours_linear), sets)
@@ -158,8 +170,11 @@ def bench_prelu(cases, timer, device, dtype, progress, use_compile):
         c = shape[1]
         w = torch.rand(c, generator=g).to(device, dtype)
         gy = torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=mf)
-        r = {"op": "dead_prelu", "shape": "x".join(map(str, shape)) + ("/cl" if cl else ""),
-             "dtype": str(dtype).replace("torch.", "")}
+        r = {
+            "op": "dead_prelu",
+            "shape": "x".join(map(str, shape)) + ("/cl" if cl else ""),
+            "dtype": str(dtype).replace("torch.", ""),
+        }
         with torch.no_grad():
             r["fwd_ours"] = timer(lambda x: ops.dead_prelu(x, w), sets)
             r["fwd_eager"] = timer(lambda x: eager_prelu_count(x, w), sets)
@@ -187,24 +202,33 @@ def ratio(a, b):
 
 
 def table(rows, use_compile):
-    lines = ["| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | saved bytes eager / ours |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | saved bytes eager / ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["op"] != "fused_linear_relu":
             continue
         comp = f"{ratio(r['fwd_compile'], r['fwd_ours']):.2f}x" if use_compile else "n/a"
         compfb = f"{ratio(r['fb_compile'], r['fb_ours']):.2f}x" if use_compile else "n/a"
-        lines.append(f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
-                     f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['fb_eager'], r['fb_ours']):.2f}x | "
-                     f"{compfb} | {r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |")
-    lines += ["", "| dead_prelu | fwd / clone | fwd speedup vs eager prelu+count | fwd speedup vs compile | bwd speedup vs eager |",
-              "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
+            f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['fb_eager'], r['fb_ours']):.2f}x | "
+            f"{compfb} | {r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |"
+        )
+    lines += [
+        "",
+        "| dead_prelu | fwd / clone | fwd speedup vs eager prelu+count | fwd speedup vs compile | bwd speedup vs eager |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["op"] != "dead_prelu":
             continue
         comp = f"{ratio(r['fwd_compile'], r['fwd_ours']):.2f}x" if use_compile else "n/a"
-        lines.append(f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
-                     f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['bwd_eager'], r['bwd_ours']):.2f}x |")
+        lines.append(
+            f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
+            f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['bwd_eager'], r['bwd_ours']):.2f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -231,10 +255,24 @@ def plot(rows, path):
     pre = [r for r in rows if r["op"] == "dead_prelu"]
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
     for ax, group, series in (
-        (axes[0], lin, [("fwd_eager", "fwd_ours", "fwd: eager / ours"), ("fb_eager", "fb_ours", "fwd+bwd: eager / ours"),
-                        ("fwd_floor", "fwd_ours", "fwd: addmm / ours (<= 1)")]),
-        (axes[1], pre, [("fwd_eager", "fwd_ours", "fwd: eager+count / ours"), ("bwd_eager", "bwd_ours", "bwd: eager / ours"),
-                        ("fwd_floor", "fwd_ours", "fwd: clone / ours (<= 1)")]),
+        (
+            axes[0],
+            lin,
+            [
+                ("fwd_eager", "fwd_ours", "fwd: eager / ours"),
+                ("fb_eager", "fb_ours", "fwd+bwd: eager / ours"),
+                ("fwd_floor", "fwd_ours", "fwd: addmm / ours (<= 1)"),
+            ],
+        ),
+        (
+            axes[1],
+            pre,
+            [
+                ("fwd_eager", "fwd_ours", "fwd: eager+count / ours"),
+                ("bwd_eager", "bwd_ours", "bwd: eager / ours"),
+                ("fwd_floor", "fwd_ours", "fwd: clone / ours (<= 1)"),
+            ],
+        ),
     ):
         xs = range(len(group))
         for j, (a, b, label) in enumerate(series):
@@ -271,8 +309,10 @@ def main():
 
     hw = torch.cuda.get_device_name() if device == "cuda" else cpu_model()
     date = datetime.date.today().isoformat()
-    header = (f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
-              f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets)")
+    header = (
+        f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
+        f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets)"
+    )
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
@@ -280,8 +320,9 @@ def main():
     with open(stem + ".md", "w") as f:
         f.write(text)
     with open(stem + ".json", "w") as f:
-        json.dump(dict(device=device, hardware=hw, threads=args.threads, date=date, torch=torch.__version__,
-                       results=rows), f, indent=1)
+        json.dump(
+            dict(device=device, hardware=hw, threads=args.threads, date=date, torch=torch.__version__, results=rows), f, indent=1
+        )
     keys = sorted({k for r in rows for k in r})
     with open(stem + ".csv", "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=keys)

@@ -25,8 +25,14 @@ def run():
                 _, mask = ops.fused_linear_relu_forward(x, w, b)
                 ops.relu_mask_unpack(mask, [rows, o])
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        for shape, mf in (((5, 3), None), ((2, 3, 5, 7), None), ((2, 3, 5, 7), torch.channels_last),
-                          ((9,), None), ((4, 8, 16), None), ((2, 1, 3, 3), None)):
+        for shape, mf in (
+            ((5, 3), None),
+            ((2, 3, 5, 7), None),
+            ((2, 3, 5, 7), torch.channels_last),
+            ((9,), None),
+            ((4, 8, 16), None),
+            ((2, 1, 3, 3), None),
+        ):
             x = torch.randn(shape, dtype=dtype, device="cuda")
             if mf is not None:
                 x = x.contiguous(memory_format=mf)
@@ -34,7 +40,7 @@ def run():
             c = shape[1] if len(shape) >= 2 else 1
             for n in {1, c}:
                 w = torch.rand(n, dtype=dtype, device="cuda", requires_grad=True)
-                out, count = ops.dead_prelu(x, w)
+                out, _count = ops.dead_prelu(x, w)
                 out.sum().backward()
     torch.cuda.synchronize()
     print("sanitizer smoke: all calls done")

@@ -9,27 +9,23 @@
 
 namespace torch_relu_ext::detail {
 
-void check_linear_args(const char* op, const at::Tensor& input,
-                       const at::Tensor& weight,
+void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias);
 
 void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
-                                const at::Tensor& input,
-                                const at::Tensor& weight,
+                                const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& mask);
 
-void check_mask_unpack_args(const char* op, const at::Tensor& mask,
-                            int64_t rows, int64_t out_features);
+void check_mask_unpack_args(const char* op, const at::Tensor& mask, int64_t rows,
+                            int64_t out_features);
 
 // Whether masks on this device use the padded (cuBLASLt) leading dimension.
 inline bool mask_padded(const at::Device& device) { return device.is_cuda(); }
 
-void check_prelu_args(const char* op, const at::Tensor& input,
-                      const at::Tensor& weight);
+void check_prelu_args(const char* op, const at::Tensor& input, const at::Tensor& weight);
 
 void check_prelu_backward_args(const char* op, const at::Tensor& grad_output,
-                               const at::Tensor& input,
-                               const at::Tensor& weight);
+                               const at::Tensor& input, const at::Tensor& weight);
 
 // (*, features) viewed as (rows, features); unlike reshape({-1, features})
 // this also works when features == 0.

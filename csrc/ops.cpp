@@ -36,40 +36,34 @@ namespace torch_relu_ext {
 namespace {
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow(name, "")
-      .template typed<Sig>();
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").template typed<Sig>();
 }
 }  // namespace
 
 at::Tensor fused_linear_relu(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias) {
-  static auto op = op_handle<decltype(fused_linear_relu)>(
-      "relu_ext::fused_linear_relu");
+  static auto op = op_handle<decltype(fused_linear_relu)>("relu_ext::fused_linear_relu");
   return op.call(input, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor> fused_linear_relu_forward(
-    const at::Tensor& input, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias) {
-  static auto op = op_handle<decltype(fused_linear_relu_forward)>(
-      "relu_ext::fused_linear_relu_forward");
+    const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  static auto op =
+      op_handle<decltype(fused_linear_relu_forward)>("relu_ext::fused_linear_relu_forward");
   return op.call(input, weight, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_relu_backward(
-    const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, const at::Tensor& mask,
-    std::array<bool, 3> output_mask) {
-  static auto op = op_handle<decltype(fused_linear_relu_backward)>(
-      "relu_ext::fused_linear_relu_backward");
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& mask, std::array<bool, 3> output_mask) {
+  static auto op =
+      op_handle<decltype(fused_linear_relu_backward)>("relu_ext::fused_linear_relu_backward");
   return op.call(grad_output, input, weight, mask, output_mask);
 }
 
 at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size) {
   static auto op =
-      op_handle<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>(
-          "relu_ext::relu_mask_unpack");
+      op_handle<at::Tensor(const at::Tensor&, c10::SymIntArrayRef)>("relu_ext::relu_mask_unpack");
   return op.call(mask, c10::fromIntArrayRefSlow(size));
 }
 
@@ -78,17 +72,16 @@ at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output) {
   return op.call(mask, output);
 }
 
-std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input,
-                                              const at::Tensor& weight) {
+std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input, const at::Tensor& weight) {
   static auto op = op_handle<decltype(dead_prelu)>("relu_ext::dead_prelu");
   return op.call(input, weight);
 }
 
-std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(
-    const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, std::array<bool, 2> output_mask) {
-  static auto op = op_handle<decltype(dead_prelu_backward)>(
-      "relu_ext::dead_prelu_backward");
+std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(const at::Tensor& grad_output,
+                                                       const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       std::array<bool, 2> output_mask) {
+  static auto op = op_handle<decltype(dead_prelu_backward)>("relu_ext::dead_prelu_backward");
   return op.call(grad_output, input, weight, output_mask);
 }
 
@@ -96,45 +89,39 @@ namespace detail {
 namespace {
 
 bool supported_float(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf ||
-         t == at::kBFloat16;
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
 void check_tensor(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": expected argument '", name,
               "' to be a tensor, but got an undefined tensor");
   TORCH_CHECK(t.layout() == at::kStrided, op, ": expected argument '", name,
-              "' to be a dense (strided) tensor, but got layout ",
-              t.layout());
+              "' to be a dense (strided) tensor, but got layout ", t.layout());
   TORCH_CHECK(!t.is_quantized(), op, ": expected argument '", name,
-              "' to be a non-quantized tensor, but got dtype ",
-              t.scalar_type());
+              "' to be a non-quantized tensor, but got dtype ", t.scalar_type());
 }
 
 void check_float(const char* op, const char* name, const at::Tensor& t) {
   check_tensor(op, name, t);
-  TORCH_CHECK(supported_float(t.scalar_type()), op, ": expected argument '",
-              name,
+  TORCH_CHECK(supported_float(t.scalar_type()), op, ": expected argument '", name,
               "' to have a floating-point dtype (float32, float64, bfloat16 "
               "or float16), but got ",
               t.scalar_type());
 }
 
-void check_same(const char* op, const char* name, const at::Tensor& t,
-                const char* ref_name, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op,
-              ": expected argument '", name, "' to have the same dtype as '",
-              ref_name, "' (", ref.scalar_type(), "), but got ",
+void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": expected argument '", name,
+              "' to have the same dtype as '", ref_name, "' (", ref.scalar_type(), "), but got ",
               t.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": expected argument '", name,
-              "' to be on the same device as '", ref_name, "' (",
-              ref.device(), "), but it is on ", t.device());
+              "' to be on the same device as '", ref_name, "' (", ref.device(), "), but it is on ",
+              t.device());
 }
 
 }  // namespace
 
-void check_linear_args(const char* op, const at::Tensor& input,
-                       const at::Tensor& weight,
+void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   check_float(op, "input", input);
   check_float(op, "weight", weight);
@@ -154,14 +141,13 @@ void check_linear_args(const char* op, const at::Tensor& input,
     check_float(op, "bias", *bias);
     check_same(op, "bias", *bias, "input", input);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op,
-                ": expected argument 'bias' to have shape (out_features,) = (",
-                weight.size(0), ",), but got shape ", bias->sizes());
+                ": expected argument 'bias' to have shape (out_features,) = (", weight.size(0),
+                ",), but got shape ", bias->sizes());
   }
 }
 
 void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
-                                const at::Tensor& input,
-                                const at::Tensor& weight,
+                                const at::Tensor& input, const at::Tensor& weight,
                                 const at::Tensor& mask) {
   check_linear_args(op, input, weight, std::nullopt);
   check_float(op, "grad_output", grad_output);
@@ -169,39 +155,33 @@ void check_linear_backward_args(const char* op, const at::Tensor& grad_output,
   std::vector<int64_t> expected = input.sizes().vec();
   expected.back() = weight.size(0);
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op,
-              ": expected argument 'grad_output' to have shape ",
-              at::IntArrayRef(expected), ", but got ", grad_output.sizes());
+              ": expected argument 'grad_output' to have shape ", at::IntArrayRef(expected),
+              ", but got ", grad_output.sizes());
   check_tensor(op, "mask", mask);
-  TORCH_CHECK(mask.device() == input.device(), op,
-              ": expected argument 'mask' to be on ", input.device(),
-              ", but it is on ", mask.device());
+  TORCH_CHECK(mask.device() == input.device(), op, ": expected argument 'mask' to be on ",
+              input.device(), ", but it is on ", mask.device());
   const int64_t out_f = weight.size(0);
   const int64_t rows = out_f == 0 ? 0 : grad_output.numel() / out_f;
   check_mask_unpack_args(op, mask, rows, out_f);
 }
 
-void check_mask_unpack_args(const char* op, const at::Tensor& mask,
-                            int64_t rows, int64_t out_features) {
+void check_mask_unpack_args(const char* op, const at::Tensor& mask, int64_t rows,
+                            int64_t out_features) {
   check_tensor(op, "mask", mask);
-  const int64_t bytes =
-      core::relu_mask_bytes(rows, out_features, mask_padded(mask.device()));
-  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.dim() == 1 &&
-                  mask.size(0) == bytes,
-              op, ": expected argument 'mask' to be a uint8 tensor of shape (",
-              bytes, ",) as returned by fused_linear_relu_forward for ", rows,
-              " rows of ", out_features, " features on ", mask.device(),
-              ", but got ", mask.scalar_type(), " of shape ", mask.sizes());
+  const int64_t bytes = core::relu_mask_bytes(rows, out_features, mask_padded(mask.device()));
+  TORCH_CHECK(mask.scalar_type() == at::kByte && mask.dim() == 1 && mask.size(0) == bytes, op,
+              ": expected argument 'mask' to be a uint8 tensor of shape (", bytes,
+              ",) as returned by fused_linear_relu_forward for ", rows, " rows of ", out_features,
+              " features on ", mask.device(), ", but got ", mask.scalar_type(), " of shape ",
+              mask.sizes());
 }
 
-int64_t prelu_channels(const at::Tensor& input) {
-  return input.dim() >= 2 ? input.size(1) : 1;
-}
+int64_t prelu_channels(const at::Tensor& input) { return input.dim() >= 2 ? input.size(1) : 1; }
 
 PreluLayout prelu_layout(const at::Tensor& input) {
   PreluLayout l;
-  l.x = input.is_non_overlapping_and_dense()
-            ? input
-            : input.contiguous(input.suggest_memory_format());
+  l.x = input.is_non_overlapping_and_dense() ? input
+                                             : input.contiguous(input.suggest_memory_format());
   const int64_t numel = l.x.numel();
   l.C = input.dim() >= 2 ? l.x.size(1) : 1;
   if (l.C <= 1 || numel == 0) {
@@ -228,8 +208,7 @@ std::pair<int64_t, int64_t> output_rows_cols(const at::Tensor& output) {
   return {rows.size(0), rows.size(1)};
 }
 
-void check_prelu_args(const char* op, const at::Tensor& input,
-                      const at::Tensor& weight) {
+void check_prelu_args(const char* op, const at::Tensor& input, const at::Tensor& weight) {
   check_float(op, "input", input);
   check_float(op, "weight", weight);
   check_same(op, "weight", weight, "input", input);
@@ -241,19 +220,18 @@ void check_prelu_args(const char* op, const at::Tensor& input,
   TORCH_CHECK(weight.numel() == 1 || weight.numel() == channels, op,
               ": expected argument 'weight' to have 1 element or one per "
               "channel (",
-              channels, " for input of shape ", input.sizes(),
-              "), but got ", weight.numel(), " elements");
+              channels, " for input of shape ", input.sizes(), "), but got ", weight.numel(),
+              " elements");
 }
 
 void check_prelu_backward_args(const char* op, const at::Tensor& grad_output,
-                               const at::Tensor& input,
-                               const at::Tensor& weight) {
+                               const at::Tensor& input, const at::Tensor& weight) {
   check_prelu_args(op, input, weight);
   check_float(op, "grad_output", grad_output);
   check_same(op, "grad_output", grad_output, "input", input);
   TORCH_CHECK(grad_output.sizes() == input.sizes(), op,
-              ": expected argument 'grad_output' to have the shape of 'input' ",
-              input.sizes(), ", but got ", grad_output.sizes());
+              ": expected argument 'grad_output' to have the shape of 'input' ", input.sizes(),
+              ", but got ", grad_output.sizes());
 }
 
 }  // namespace detail

@@ -17,9 +17,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 import torch_relu_ext
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
@@ -42,7 +42,7 @@ def build(kind):
     with torch.no_grad():
         for m in model:
             if isinstance(m, nn.Linear) and m.out_features == HIDDEN:
-                nn.init.kaiming_uniform_(m.weight, a=5 ** 0.5)
+                nn.init.kaiming_uniform_(m.weight, a=5**0.5)
                 m.bias.fill_(-1.5)  # the bad initialisation
     return model
 
@@ -57,7 +57,7 @@ def run(kind, data, epochs, lr, batch):
         model.train()
         perm = torch.randperm(len(x_tr), generator=gen)
         for i in range(0, len(x_tr), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
             opt.step()

@@ -13,9 +13,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 import torch_relu_ext
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
@@ -27,25 +27,38 @@ from torch_relu_ext.utils import saved_tensor_bytes
 # the dropout output: the fused layer keeps a 1-bit mask instead of the first.
 def eager_model(hidden, p):
     return nn.Sequential(
-        nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(p),
-        nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(p),
-        nn.Linear(hidden, hidden), nn.PReLU(hidden), nn.Dropout(p),
+        nn.Linear(64, hidden),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.Linear(hidden, hidden),
+        nn.PReLU(hidden),
+        nn.Dropout(p),
         nn.Linear(hidden, 10),
     )
 
 
 def fused_model(hidden, p):
     return nn.Sequential(
-        FusedLinearReLU(64, hidden), nn.Dropout(p),
-        FusedLinearReLU(hidden, hidden), nn.Dropout(p),
-        nn.Linear(hidden, hidden), DeadAwarePReLU(hidden), nn.Dropout(p),
+        FusedLinearReLU(64, hidden),
+        nn.Dropout(p),
+        FusedLinearReLU(hidden, hidden),
+        nn.Dropout(p),
+        nn.Linear(hidden, hidden),
+        DeadAwarePReLU(hidden),
+        nn.Dropout(p),
         nn.Linear(hidden, 10),
     )
 
 
 def copy_weights(eager, fused):
     """Same initial weights in both models (their state_dict keys match per layer)."""
-    with_params = lambda m: [layer for layer in m if any(True for _ in layer.parameters())]
+
+    def with_params(m):
+        return [layer for layer in m if any(True for _ in layer.parameters())]
+
     for e, f in zip(with_params(eager), with_params(fused)):
         f.load_state_dict(e.state_dict())
 
@@ -64,7 +77,7 @@ def train(model, x, y, epochs, batch, lr, seed):
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -124,20 +137,22 @@ def main():
     fused = fused_model(args.hidden, args.dropout)
     copy_weights(eager, fused)
 
-    print(f"torch {torch.__version__}, torch-relu-ext {torch_relu_ext.__version__}, "
-          f"{torch.get_num_threads()} threads; digits: {len(x_tr)} train / {len(x_te)} test, "
-          f"MLP 64-{args.hidden}-{args.hidden}-{args.hidden}-10 (dropout {args.dropout}), "
-          f"{args.epochs} epochs, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, torch-relu-ext {torch_relu_ext.__version__}, "
+        f"{torch.get_num_threads()} threads; digits: {len(x_tr)} train / {len(x_te)} test, "
+        f"MLP 64-{args.hidden}-{args.hidden}-{args.hidden}-10 (dropout {args.dropout}), "
+        f"{args.epochs} epochs, batch {args.batch}"
+    )
     # Warm up both once so one-time costs stay out of the timing.
     for m in (eager, fused):
-        m(x_tr[:args.batch]).sum().backward()
+        m(x_tr[: args.batch]).sum().backward()
         m.zero_grad(set_to_none=True)
 
     t_eager = train(eager, x_tr, y_tr, args.epochs, args.batch, args.lr, args.seed)
     t_fused = train(fused, x_tr, y_tr, args.epochs, args.batch, args.lr, args.seed)
     acc_eager, acc_fused = accuracy(eager, x_te, y_te), accuracy(fused, x_te, y_te)
 
-    xb = x_tr[:args.batch]
+    xb = x_tr[: args.batch]
     eager.train()
     fused.train()
     torch.manual_seed(args.seed)

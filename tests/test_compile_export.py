@@ -4,7 +4,6 @@ torch.export with save/load, and torch.library.opcheck for every operator."""
 import pytest
 import torch
 import torch._dynamo
-
 from models import Net, grads_of
 
 ops = torch.ops.relu_ext
@@ -15,9 +14,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=gpu)]
 def relu_ext_targets(gm):
     """relu_ext operators called in a graph (overload suffix dropped)."""
     return {
-        str(n.target).removesuffix(".default")
-        for n in gm.graph.nodes
-        if n.op == "call_function" and "relu_ext" in str(n.target)
+        str(n.target).removesuffix(".default") for n in gm.graph.nodes if n.op == "call_function" and "relu_ext" in str(n.target)
     }
 
 
@@ -93,8 +90,10 @@ def opcheck_samples(device="cpu"):
     samples = []
     for rg in (False, True):
         for dtype in (torch.float32, torch.float64):
+
             def t(*shape, grad=rg):
                 return torch.randn(*shape, dtype=dtype, device=device, requires_grad=grad)
+
             samples += [
                 (ops.fused_linear_relu.default, (t(5, 4), t(3, 4), t(3))),
                 (ops.fused_linear_relu.default, (t(2, 3, 4), t(6, 4), None)),
@@ -105,7 +104,12 @@ def opcheck_samples(device="cpu"):
             ]
             x, w = t(5, 4, grad=False), t(3, 4, grad=False)
             _, mask = ops.fused_linear_relu_forward(x, w, None)
-            samples.append((ops.fused_linear_relu_backward.default, (t(5, 3), x.requires_grad_(rg), w.requires_grad_(rg), mask, [True, True, True])))
+            samples.append(
+                (
+                    ops.fused_linear_relu_backward.default,
+                    (t(5, 3), x.requires_grad_(rg), w.requires_grad_(rg), mask, [True, True, True]),
+                )
+            )
             samples.append((ops.fused_linear_relu_backward.default, (t(5, 3), x, w, mask, [True, False, False])))
             samples.append((ops.dead_prelu_backward.default, (t(4, 3, 5), t(4, 3, 5), t(3), [True, True])))
             samples.append((ops.dead_prelu_backward.default, (t(4, 3), t(4, 3), t(1), [False, True])))

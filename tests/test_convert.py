@@ -17,7 +17,11 @@ def test_nested_sequential_with_inplace_relu_and_prelu():
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True)),
-        nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.PReLU(8), nn.Linear(8, 3),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 8),
+        nn.PReLU(8),
+        nn.Linear(8, 3),
     ).eval()
     x = torch.randn(5, 6)
     converted, report = convert(model)

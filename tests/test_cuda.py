@@ -8,13 +8,13 @@ everything else needs a visible GPU and is skipped without one.
 import os
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch.utils.cpp_extension import CUDA_HOME
-
 import test_dead_prelu as tdp
 import test_fused_linear_relu as tfl
+import torch
+import torch.nn.functional as F
 from helpers import mask_bytes
+from torch.utils.cpp_extension import CUDA_HOME
+
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
@@ -52,8 +52,17 @@ def kernel_names(fn):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-SHAPES = [((), 7, 5), ((3,), 13, 11), ((0,), 4, 3), ((4,), 0, 3), ((2, 3), 17, 9),
-          ((37,), 130, 257), ((256,), 64, 128), ((1000,), 96, 200), ((2, 3, 4), 6, 33)]
+SHAPES = [
+    ((), 7, 5),
+    ((3,), 13, 11),
+    ((0,), 4, 3),
+    ((4,), 0, 3),
+    ((2, 3), 17, 9),
+    ((37,), 130, 257),
+    ((256,), 64, 128),
+    ((1000,), 96, 200),
+    ((2, 3, 4), 6, 33),
+]
 
 
 @gpu
@@ -120,7 +129,7 @@ def test_cuda_gradcheck(path):
     xp = torch.randn(3, 4, 5, dtype=torch.float64, device="cuda")
     xp = torch.where(xp.abs() < 0.1, xp + 0.2, xp).requires_grad_()
     wp = torch.rand(4, dtype=torch.float64, device="cuda", requires_grad=True)
-    fn = lambda a, c: RF.dead_prelu(a, c)[0]  # noqa: E731
+    fn = lambda a, c: RF.dead_prelu(a, c)[0]
     assert torch.autograd.gradcheck(fn, (xp, wp))
     assert torch.autograd.gradgradcheck(fn, (xp, wp))
 
@@ -140,8 +149,12 @@ def test_dead_prelu_cuda(dtype, shape, layout, per_channel):
 
 @gpu
 def test_dead_prelu_cuda_large_and_vectorized():
-    for shape, mf in [((8, 64, 56, 56), torch.contiguous_format), ((8, 64, 56, 56), torch.channels_last),
-                      ((4096, 1000), torch.contiguous_format), ((3, 5, 7, 9), torch.contiguous_format)]:
+    for shape, mf in [
+        ((8, 64, 56, 56), torch.contiguous_format),
+        ((8, 64, 56, 56), torch.channels_last),
+        ((4096, 1000), torch.contiguous_format),
+        ((3, 5, 7, 9), torch.contiguous_format),
+    ]:
         for dtype in (torch.float32, torch.bfloat16):
             x = torch.randn(shape, dtype=dtype, device="cuda").contiguous(memory_format=mf)
             tdp.check(x, torch.rand(shape[1], dtype=dtype, device="cuda"))

@@ -21,8 +21,7 @@ def make_model():
 
 def batches():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g))
-            for _ in range(STEPS)]
+    return [(torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (8,), generator=g)) for _ in range(STEPS)]
 
 
 def train(model, data, rank=None, world=1):
@@ -31,7 +30,7 @@ def train(model, data, rank=None, world=1):
     for x, y in data:
         if rank is not None:  # this rank's half of the global batch
             half = x.shape[0] // world
-            x, y = x[rank * half:(rank + 1) * half], y[rank * half:(rank + 1) * half]
+            x, y = x[rank * half : (rank + 1) * half], y[rank * half : (rank + 1) * half]
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         grads.append([p.grad.clone() for p in model.parameters()])

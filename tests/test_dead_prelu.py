@@ -3,8 +3,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import assert_within
+
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
@@ -57,8 +57,8 @@ CASES = [
     ((3, 4, 2, 5), "expanded"),
     ((2, 3, 2, 3, 4), "channels_last"),
     ((0, 3, 4, 5), "channels_last"),
-    ((40000, 13), "contiguous"),       # many row chunks
-    ((8, 7, 33, 35), "contiguous"),    # many flat chunks across channel runs
+    ((40000, 13), "contiguous"),  # many row chunks
+    ((8, 7, 33, 35), "contiguous"),  # many flat chunks across channel runs
     ((8, 7, 33, 35), "channels_last"),
     ((2, 1, 300, 301), "contiguous"),  # one channel
 ]

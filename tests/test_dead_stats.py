@@ -1,6 +1,5 @@
 """Dead-neuron statistics, report, revival and distributed sync."""
 
-import os
 import socket
 
 import pytest
@@ -8,7 +7,6 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-import torch_relu_ext
 from torch_relu_ext import dead_neuron_report, revive_dead_, sync_dead_stats
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
 
@@ -145,7 +143,7 @@ def test_revive_changes_exactly_the_dead_units():
     alive = torch.tensor([i for i in range(8) if i not in (1, 4)])
     # Rows 1, 4 re-drawn within nn.Linear's init bound, bias zeroed, the rest untouched.
     assert not torch.equal(w0[dead], before["0.weight"][dead])
-    assert (w0[dead].abs() <= 1 / 5 ** 0.5).all()
+    assert (w0[dead].abs() <= 1 / 5**0.5).all()
     assert torch.equal(w0[alive], before["0.weight"][alive])
     assert torch.equal(b0[dead], torch.zeros(2)) and torch.equal(b0[alive], before["0.bias"][alive])
     # Next layer: input columns 1, 4 zeroed, nothing else.
@@ -200,8 +198,15 @@ def _ddp_worker(rank, world, port, out_path):
     model(torch.randn(16, 4))
     before = model[0].dead_mask().clone()
     sync_dead_stats(model)
-    torch.save({"before": before, "after": model[0].dead_mask(), "ema": model[0].active_ema.clone(),
-                "prelu": model[2].active_ema.clone()}, f"{out_path}.{rank}")
+    torch.save(
+        {
+            "before": before,
+            "after": model[0].dead_mask(),
+            "ema": model[0].active_ema.clone(),
+            "prelu": model[2].active_ema.clone(),
+        },
+        f"{out_path}.{rank}",
+    )
     dist.destroy_process_group()
 
 
@@ -210,7 +215,7 @@ def test_sync_dead_stats_two_processes(tmp_path):
     mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert not torch.equal(r0["before"], r1["before"])  # the ranks disagreed
-    assert torch.equal(r0["after"], r1["after"])          # now they agree
+    assert torch.equal(r0["after"], r1["after"])  # now they agree
     assert torch.equal(r0["ema"], r1["ema"]) and torch.equal(r0["prelu"], r1["prelu"])
     assert r0["ema"][0] == pytest.approx(0.5) and r0["after"].tolist()[:2] == [False, True]
 

@@ -5,10 +5,10 @@ from typing import Optional
 import pytest
 import torch
 
+from torch_relu_ext import functional as RF
+
 # Quantized tensors are deprecated in PyTorch but still exist: we reject them.
 pytestmark = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
-
-from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
 FLR = "relu_ext::fused_linear_relu"
@@ -33,11 +33,27 @@ LINEAR_CASES = [
     ("input/weight dtype mix", lambda: RF.fused_linear_relu(x.double(), w, b), ["weight", "same dtype", "Double"]),
     ("bias dtype mix", lambda: RF.fused_linear_relu(x, w, b.half()), ["bias", "same dtype"]),
     ("sparse input", lambda: RF.fused_linear_relu(x.to_sparse(), w, b), ["input", "strided"]),
-    ("quantized input", lambda: RF.fused_linear_relu(torch.quantize_per_tensor(x, 0.1, 0, torch.qint8), w, b), ["input", "quantized"]),
+    (
+        "quantized input",
+        lambda: RF.fused_linear_relu(torch.quantize_per_tensor(x, 0.1, 0, torch.qint8), w, b),
+        ["input", "quantized"],
+    ),
     ("device mix", lambda: ops.fused_linear_relu_forward(x, w.to(meta), b), ["weight", "device"]),
-    ("backward grad shape", lambda: ops.fused_linear_relu_backward(torch.randn(4, 4), x, w, torch.zeros(3, dtype=torch.uint8), [True] * 3), ["grad_output", "[4, 5]"]),
-    ("backward mask dtype", lambda: ops.fused_linear_relu_backward(torch.randn(4, 5), x, w, torch.zeros(3), [True] * 3), ["mask", "uint8"]),
-    ("backward mask size", lambda: ops.fused_linear_relu_backward(torch.randn(4, 5), x, w, torch.zeros(2, dtype=torch.uint8), [True] * 3), ["mask", "(3,)"]),
+    (
+        "backward grad shape",
+        lambda: ops.fused_linear_relu_backward(torch.randn(4, 4), x, w, torch.zeros(3, dtype=torch.uint8), [True] * 3),
+        ["grad_output", "[4, 5]"],
+    ),
+    (
+        "backward mask dtype",
+        lambda: ops.fused_linear_relu_backward(torch.randn(4, 5), x, w, torch.zeros(3), [True] * 3),
+        ["mask", "uint8"],
+    ),
+    (
+        "backward mask size",
+        lambda: ops.fused_linear_relu_backward(torch.randn(4, 5), x, w, torch.zeros(2, dtype=torch.uint8), [True] * 3),
+        ["mask", "(3,)"],
+    ),
     ("unpack size", lambda: ops.relu_mask_unpack(torch.zeros(2, dtype=torch.uint8), [4, 5]), ["mask", "(3,)"]),
     ("0-D weight", lambda: RF.fused_linear_relu(x, torch.tensor(1.0), b), ["weight", "0-D"]),
     ("1-D input, wrong features", lambda: RF.fused_linear_relu(torch.randn(4), w, b), ["in_features", "[4]"]),
@@ -47,7 +63,13 @@ LINEAR_CASES = [
     ("float8 input", lambda: RF.fused_linear_relu(x.to(torch.float8_e4m3fn), w, b), ["input", "Float8"]),
     ("bias on another device", lambda: RF.fused_linear_relu(x, w, b.to(meta)), ["bias", "device"]),
     ("sparse weight", lambda: RF.fused_linear_relu(x, w.to_sparse(), b), ["weight", "strided"]),
-    ("backward weight mismatch", lambda: ops.fused_linear_relu_backward(torch.randn(4, 5), x, torch.randn(5, 2), torch.zeros(3, dtype=torch.uint8), [True] * 3), ["in_features"]),
+    (
+        "backward weight mismatch",
+        lambda: ops.fused_linear_relu_backward(
+            torch.randn(4, 5), x, torch.randn(5, 2), torch.zeros(3, dtype=torch.uint8), [True] * 3
+        ),
+        ["in_features"],
+    ),
     ("mask count size", lambda: ops.relu_mask_count(torch.zeros(1, dtype=torch.uint8), torch.randn(4, 5)), ["mask", "(3,)"]),
 ]
 
@@ -61,10 +83,22 @@ PRELU_CASES = [
     ("int weight", lambda: RF.dead_prelu(x, torch.ones(3, dtype=torch.long)), ["weight", "Long"]),
     ("dtype mix", lambda: RF.dead_prelu(x, torch.rand(3, dtype=torch.float64)), ["weight", "same dtype"]),
     ("sparse input", lambda: RF.dead_prelu(x.to_sparse(), torch.rand(3)), ["input", "strided"]),
-    ("quantized input", lambda: RF.dead_prelu(torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), torch.rand(3)), ["input", "quantized"]),
+    (
+        "quantized input",
+        lambda: RF.dead_prelu(torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), torch.rand(3)),
+        ["input", "quantized"],
+    ),
     ("device mix", lambda: RF.dead_prelu(x, torch.rand(3, device=meta)), ["weight", "device"]),
-    ("backward grad shape", lambda: ops.dead_prelu_backward(torch.randn(3, 4), x, torch.rand(3), [True, True]), ["grad_output", "[4, 3]"]),
-    ("backward dtype mix", lambda: ops.dead_prelu_backward(torch.randn(4, 3).double(), x, torch.rand(3), [True, True]), ["grad_output", "same dtype"]),
+    (
+        "backward grad shape",
+        lambda: ops.dead_prelu_backward(torch.randn(3, 4), x, torch.rand(3), [True, True]),
+        ["grad_output", "[4, 3]"],
+    ),
+    (
+        "backward dtype mix",
+        lambda: ops.dead_prelu_backward(torch.randn(4, 3).double(), x, torch.rand(3), [True, True]),
+        ["grad_output", "same dtype"],
+    ),
     ("2-D weight of one element", lambda: RF.dead_prelu(x, torch.rand(1, 1)), ["weight", "2-D"]),
     ("empty weight", lambda: RF.dead_prelu(x, torch.rand(0)), ["weight", "got 0"]),
     ("0-D input, C weights", lambda: RF.dead_prelu(torch.tensor(1.0), torch.rand(3)), ["weight", "got 3"]),
@@ -74,9 +108,21 @@ PRELU_CASES = [
     ("complex weight", lambda: RF.dead_prelu(x, torch.rand(3).to(torch.complex64)), ["weight", "ComplexFloat"]),
     ("sparse weight", lambda: RF.dead_prelu(x, torch.rand(3).to_sparse()), ["weight", "strided"]),
     ("quantized weight", lambda: RF.dead_prelu(x, torch.quantize_per_tensor(torch.rand(3), 0.1, 0, torch.quint8)), ["weight"]),
-    ("backward weight size", lambda: ops.dead_prelu_backward(torch.randn(4, 3), x, torch.rand(2), [True, True]), ["weight", "got 2"]),
-    ("backward int grad", lambda: ops.dead_prelu_backward(torch.ones(4, 3, dtype=torch.long), x, torch.rand(3), [True, True]), ["grad_output", "Long"]),
-    ("backward grad on another device", lambda: ops.dead_prelu_backward(torch.randn(4, 3, device=meta), x, torch.rand(3), [True, True]), ["device"]),
+    (
+        "backward weight size",
+        lambda: ops.dead_prelu_backward(torch.randn(4, 3), x, torch.rand(2), [True, True]),
+        ["weight", "got 2"],
+    ),
+    (
+        "backward int grad",
+        lambda: ops.dead_prelu_backward(torch.ones(4, 3, dtype=torch.long), x, torch.rand(3), [True, True]),
+        ["grad_output", "Long"],
+    ),
+    (
+        "backward grad on another device",
+        lambda: ops.dead_prelu_backward(torch.randn(4, 3, device=meta), x, torch.rand(3), [True, True]),
+        ["device"],
+    ),
     ("input on another device", lambda: RF.dead_prelu(torch.randn(4, 3, device=meta), torch.rand(3)), ["weight", "device"]),
 ]
 
@@ -86,7 +132,9 @@ def test_linear_errors(name, call, words):
     with pytest.raises((RuntimeError, ValueError)) as info:
         call()
     msg = str(info.value)
-    assert any(op in msg for op in ("relu_ext::fused_linear_relu", "relu_ext::relu_mask_unpack", "relu_ext::relu_mask_count")), msg
+    assert any(op in msg for op in ("relu_ext::fused_linear_relu", "relu_ext::relu_mask_unpack", "relu_ext::relu_mask_count")), (
+        msg
+    )
     for word in words:
         assert word in msg, (word, msg)
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import MAG_TOL, assert_within, mask_bytes
+
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
@@ -105,8 +105,8 @@ SHAPES = [
     ((2, 3, 4), 6, 33),
     ((64,), 64, 64),
     ((37,), 130, 257),
-    ((9000,), 16, 33),   # many row blocks: the parallel per-block path
-    ((30000,), 3, 5),    # few blocks, odd width: the split epilogue path
+    ((9000,), 16, 33),  # many row blocks: the parallel per-block path
+    ((30000,), 3, 5),  # few blocks, odd width: the split epilogue path
 ]
 
 
@@ -240,7 +240,7 @@ def test_gradient_penalty_matches_eager():
     def penalty(fn, x, w, b):
         y = fn(x, w, b)
         (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-        return (gx ** 2).sum()
+        return (gx**2).sum()
 
     x0 = torch.randn(10, 7, dtype=torch.float64)
     w0 = torch.randn(5, 7, dtype=torch.float64)

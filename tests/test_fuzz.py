@@ -13,17 +13,23 @@ import os
 
 import torch
 import torch.nn.functional as F
+from helpers import ABS_FLOOR, MAG_TOL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import ABS_FLOOR, MAG_TOL
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
-settings.register_profile("ci", max_examples=1000, derandomize=True, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=20000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile(
+    "ci",
+    max_examples=1000,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long", max_examples=20000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
@@ -41,8 +47,7 @@ def values(draw, shape, dtype):
     t = torch.randn(shape, generator=g, dtype=torch.float64)
     n = t.numel()
     if n:
-        specials = [0.0, -0.0, math.nan, math.inf, -math.inf, DENORMAL[dtype], -DENORMAL[dtype],
-                    LARGE[dtype], -LARGE[dtype]]
+        specials = [0.0, -0.0, math.nan, math.inf, -math.inf, DENORMAL[dtype], -DENORMAL[dtype], LARGE[dtype], -LARGE[dtype]]
         k = draw(st.integers(0, min(n, 4)))
         flat = t.view(-1)
         for _ in range(k):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 import torch_relu_ext
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU

@@ -8,7 +8,10 @@ from torch import nn
 import torch_relu_ext.onnx as relu_onnx
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
 
-pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
+]
 
 onnx = pytest.importorskip("onnx", reason="onnx is in requirements-dev.txt")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in requirements-dev.txt")
@@ -38,8 +41,9 @@ def test_export_runs_in_onnxruntime(tmp_path, dynamo):
         batch = torch.export.Dim("batch", min=2)
         relu_onnx.export(model, (x, img), dynamic_shapes={"x": {0: batch}, "img": {0: batch}}).save(path)
     else:
-        relu_onnx.export(model, (x, img), path, dynamo=False, input_names=["x", "img"],
-                         dynamic_axes={"x": {0: "batch"}, "img": {0: "batch"}})
+        relu_onnx.export(
+            model, (x, img), path, dynamo=False, input_names=["x", "img"], dynamic_axes={"x": {0: "batch"}, "img": {0: "batch"}}
+        )
     graph = onnx.load(path).graph
     types = {n.op_type for n in graph.node}
     assert "Relu" in types and "PRelu" in types and ({"Gemm", "MatMul"} & types)

@@ -24,8 +24,13 @@ def run_once(x, w, b, xp, wp):
 
 def inputs(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(3000, 70, generator=g), torch.randn(90, 70, generator=g), torch.randn(90, generator=g),
-            torch.randn(16, 24, 30, 30, generator=g), torch.rand(24, generator=g))
+    return (
+        torch.randn(3000, 70, generator=g),
+        torch.randn(90, 70, generator=g),
+        torch.randn(90, generator=g),
+        torch.randn(16, 24, 30, 30, generator=g),
+        torch.rand(24, generator=g),
+    )
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
@@ -54,7 +59,7 @@ def test_eight_python_threads():
                     if not torch.allclose(a.double(), b.double(), rtol=1e-6, atol=1e-6, equal_nan=True):
                         errors.append(f"thread {i}: mismatch")
                         return
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             errors.append(f"thread {i}: {e!r}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -18,9 +18,19 @@ def run(cmd, env=None):
 
 
 def test_cpp_suite_under_asan_ubsan():
-    args = ["cmake", "-S", ROOT, "-B", BUILD, "-G", "Ninja", "-DTORCH_RELU_EXT_SANITIZE=ON",
-            "-DCMAKE_BUILD_TYPE=RelWithDebInfo", f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-            "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined"]
+    args = [
+        "cmake",
+        "-S",
+        ROOT,
+        "-B",
+        BUILD,
+        "-G",
+        "Ninja",
+        "-DTORCH_RELU_EXT_SANITIZE=ON",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+        f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+        "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined",
+    ]
     if shutil.which("ccache"):
         args.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
     rc, out = run(args)
@@ -30,8 +40,7 @@ def test_cpp_suite_under_asan_ubsan():
     binary = os.path.join(BUILD, "test_ops")
     rc, out = run(["ldd", binary])
     assert "libasan" in out and "libubsan" in out, "the test binary is not instrumented"
-    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1",
-               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
     rc, out = run([binary], env=env)
     assert rc == 0, out[-5000:]
     assert "[  PASSED  ]" in out

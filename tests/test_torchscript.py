@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import torch
-
 from models import Net, grads_of
+
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,9 @@ def test_modules_are_scriptable():
     lin = torch.jit.script(FusedLinearReLU(5, 3))
     act = torch.jit.script(DeadAwarePReLU(3))
     x = torch.randn(4, 5)
-    torch.testing.assert_close(act(lin(x)), torch.nn.functional.prelu(torch.relu(torch.nn.functional.linear(x, lin.weight, lin.bias)), act.weight))
+    torch.testing.assert_close(
+        act(lin(x)), torch.nn.functional.prelu(torch.relu(torch.nn.functional.linear(x, lin.weight, lin.bias)), act.weight)
+    )
 
 
 def test_script_and_trace_match_eager():
@@ -63,7 +65,9 @@ def test_save_and_load_in_fresh_process(tmp_path):
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         proc = subprocess.run(
             [sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(out), os.path.join(ROOT, "tests")],
-            capture_output=True, text=True, env=env,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert_same(torch.load(out), expected)

@@ -6,9 +6,13 @@ CPU kernels and C++ autograd live in the compiled ``_C`` module).
 
 import torch  # noqa: F401  (libtorch must be loaded before _C)
 
-from . import _C  # noqa: F401  (registers torch.ops.relu_ext.*)
-from . import _meta  # noqa: F401  (fake kernels for compile/export/meta)
-from . import functional, nn, utils
+from . import (
+    _C,  # noqa: F401  (registers torch.ops.relu_ext.*)
+    _meta,  # noqa: F401  (fake kernels for compile/export/meta)
+    functional,
+    nn,
+    utils,
+)
 from ._version import __version__
 from .convert import ConversionReport, convert, revert
 from .dead import DeadNeuronReport, dead_neuron_report, revive_dead_, sync_dead_stats

@@ -10,8 +10,15 @@ import torch.nn.functional as F
 import torch_relu_ext
 from torch_relu_ext import _C
 
-OPS = ["fused_linear_relu", "fused_linear_relu_forward", "fused_linear_relu_backward", "relu_mask_unpack",
-       "relu_mask_count", "dead_prelu", "dead_prelu_backward"]
+OPS = [
+    "fused_linear_relu",
+    "fused_linear_relu_forward",
+    "fused_linear_relu_backward",
+    "relu_mask_unpack",
+    "relu_mask_count",
+    "dead_prelu",
+    "dead_prelu_backward",
+]
 KEYS = ["CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA", "Meta"]
 
 
@@ -52,8 +59,10 @@ def self_check(device, seconds=2.0):
 
 def main():
     print(f"torch-relu-ext {torch_relu_ext.__version__} ({_C.__file__})")
-    print(f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
-          f"GPU visible: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}")
+    print(
+        f"torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
+        f"GPU visible: {torch.cuda.is_available()}, threads: {torch.get_num_threads()}"
+    )
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")
     print(f"build: CUDA kernels {'compiled' if cuda_built else 'not compiled (CPU-only build)'}")
     print()

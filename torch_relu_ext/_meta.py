@@ -13,34 +13,47 @@ def _check_same_device(op, ref_name, ref, **tensors):
     for name, t in tensors.items():
         torch._check(
             t.device == ref.device,
-            lambda: f"{op}: expected argument '{name}' to be on the same device as '{ref_name}' "
-            f"({ref.device}), but it is on {t.device}",
+            lambda name=name, t=t: (
+                f"{op}: expected argument '{name}' to be on the same device as '{ref_name}' "
+                f"({ref.device}), but it is on {t.device}"
+            ),
         )
         torch._check(
             t.dtype == ref.dtype,
-            lambda: f"{op}: expected argument '{name}' to have the same dtype as '{ref_name}' "
-            f"({ref.dtype}), but got {t.dtype}",
+            lambda name=name, t=t: (
+                f"{op}: expected argument '{name}' to have the same dtype as '{ref_name}' ({ref.dtype}), but got {t.dtype}"
+            ),
         )
 
 
 def _check_linear(op, input, weight, bias):
-    torch._check(input.dim() >= 1, lambda: f"{op}: expected argument 'input' to have shape (*, in_features), but got a 0-D tensor")
+    torch._check(
+        input.dim() >= 1, lambda: f"{op}: expected argument 'input' to have shape (*, in_features), but got a 0-D tensor"
+    )
     torch._check(
         weight.dim() == 2,
         lambda: f"{op}: expected argument 'weight' to have shape (out_features, in_features), but got a {weight.dim()}-D tensor",
     )
-    torch._check(input.dtype.is_floating_point, lambda: f"{op}: expected argument 'input' to have a floating-point dtype, but got {input.dtype}")
+    torch._check(
+        input.dtype.is_floating_point,
+        lambda: f"{op}: expected argument 'input' to have a floating-point dtype, but got {input.dtype}",
+    )
     _check_same_device(op, "input", input, weight=weight)
     torch._check(
         input.shape[-1] == weight.shape[1],
-        lambda: f"{op}: expected the last dimension of 'input' (in_features) to equal weight.size(1) = {weight.shape[1]}, "
-        f"but got input of shape {tuple(input.shape)}",
+        lambda: (
+            f"{op}: expected the last dimension of 'input' (in_features) to equal weight.size(1) = {weight.shape[1]}, "
+            f"but got input of shape {tuple(input.shape)}"
+        ),
     )
     if bias is not None:
         _check_same_device(op, "input", input, bias=bias)
         torch._check(
             bias.dim() == 1 and bias.shape[0] == weight.shape[0],
-            lambda: f"{op}: expected argument 'bias' to have shape (out_features,) = ({weight.shape[0]},), but got shape {tuple(bias.shape)}",
+            lambda: (
+                f"{op}: expected argument 'bias' to have shape (out_features,) = ({weight.shape[0]},), "
+                f"but got shape {tuple(bias.shape)}"
+            ),
         )
 
 
@@ -106,13 +119,22 @@ def _relu_mask_count_fake(mask, output):
 
 
 def _check_prelu(op, input, weight):
-    torch._check(input.dtype.is_floating_point, lambda: f"{op}: expected argument 'input' to have a floating-point dtype, but got {input.dtype}")
+    torch._check(
+        input.dtype.is_floating_point,
+        lambda: f"{op}: expected argument 'input' to have a floating-point dtype, but got {input.dtype}",
+    )
     _check_same_device(op, "input", input, weight=weight)
-    torch._check(weight.dim() <= 1, lambda: f"{op}: expected argument 'weight' to be a scalar or 1-D tensor, but got a {weight.dim()}-D tensor")
+    torch._check(
+        weight.dim() <= 1,
+        lambda: f"{op}: expected argument 'weight' to be a scalar or 1-D tensor, but got a {weight.dim()}-D tensor",
+    )
     channels = input.shape[1] if input.dim() >= 2 else 1
     torch._check(
         weight.numel() == 1 or weight.numel() == channels,
-        lambda: f"{op}: expected argument 'weight' to have 1 element or one per channel ({channels}), but got {weight.numel()} elements",
+        lambda: (
+            f"{op}: expected argument 'weight' to have 1 element or one per channel ({channels}), "
+            f"but got {weight.numel()} elements"
+        ),
     )
     return channels
 

@@ -20,7 +20,7 @@ from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import fx, nn  # noqa: F811
+from torch import fx, nn
 
 from .nn import DeadAwarePReLU, FusedLinearReLU
 
@@ -29,14 +29,19 @@ __all__ = ["convert", "revert", "ConversionReport"]
 
 @dataclass
 class ConversionReport:
-    fused: List[str] = field(default_factory=list)     # Linear(+ReLU) converted
-    prelu: List[str] = field(default_factory=list)     # PReLU converted
-    skipped: List[str] = field(default_factory=list)   # what was left alone, and why
+    fused: List[str] = field(default_factory=list)  # Linear(+ReLU) converted
+    prelu: List[str] = field(default_factory=list)  # PReLU converted
+    skipped: List[str] = field(default_factory=list)  # what was left alone, and why
 
     def __str__(self):
-        lines = [f"fused Linear+ReLU: {len(self.fused)}", *[f"  {n}" for n in self.fused],
-                 f"PReLU -> DeadAwarePReLU: {len(self.prelu)}", *[f"  {n}" for n in self.prelu],
-                 f"left unchanged: {len(self.skipped)}", *[f"  {n}" for n in self.skipped]]
+        lines = [
+            f"fused Linear+ReLU: {len(self.fused)}",
+            *[f"  {n}" for n in self.fused],
+            f"PReLU -> DeadAwarePReLU: {len(self.prelu)}",
+            *[f"  {n}" for n in self.prelu],
+            f"left unchanged: {len(self.skipped)}",
+            *[f"  {n}" for n in self.skipped],
+        ]
         return "\n".join(lines)
 
 
@@ -52,8 +57,13 @@ class _FusedAway(nn.Identity):
 
 
 def _fused_from(linear: nn.Linear) -> FusedLinearReLU:
-    fused = FusedLinearReLU(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                            device=linear.weight.device, dtype=linear.weight.dtype)
+    fused = FusedLinearReLU(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        device=linear.weight.device,
+        dtype=linear.weight.dtype,
+    )
     fused.weight = linear.weight
     fused.bias = linear.bias
     fused.train(linear.training)
@@ -61,8 +71,9 @@ def _fused_from(linear: nn.Linear) -> FusedLinearReLU:
 
 
 def _linear_from(fused: FusedLinearReLU) -> nn.Linear:
-    lin = nn.Linear(fused.in_features, fused.out_features, bias=fused.bias is not None,
-                    device=fused.weight.device, dtype=fused.weight.dtype)
+    lin = nn.Linear(
+        fused.in_features, fused.out_features, bias=fused.bias is not None, device=fused.weight.device, dtype=fused.weight.dtype
+    )
     lin.weight = fused.weight
     lin.bias = fused.bias
     lin.train(fused.training)
@@ -128,7 +139,7 @@ def _convert_fx(model: nn.Module, report: ConversionReport) -> Tuple[nn.Module, 
     try:
         graph = _Tracer().trace(model)
         gm = fx.GraphModule(model, graph, model.__class__.__name__)
-    except Exception as e:  # noqa: BLE001 (any tracing failure: leave the model alone)
+    except Exception as e:
         report.skipped.append(f"(forward not traceable by torch.fx: {type(e).__name__}: {str(e)[:120]})")
         return model, False
     modules = dict(gm.named_modules())
@@ -188,7 +199,7 @@ def revert(model: nn.Module) -> nn.Module:
     before = getattr(model, "_relu_ext_before", None)
     if before:
         model = before[0]
-    for name, mod in list(model.named_modules()):
+    for _name, mod in list(model.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, FusedLinearReLU):
                 setattr(mod, child_name, _linear_from(child))

@@ -3,7 +3,7 @@ synchronisation of statistics across distributed ranks."""
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -32,8 +32,10 @@ class DeadNeuronReport(list):
         head = f"{'layer':<28}{'kind':<16}{'units':>7}{'dead':>7}{'dead %':>9}{'min act':>10}{'median act':>12}{'batches':>9}"
         lines = [head, "-" * len(head)]
         for r in self:
-            lines.append(f"{r.name:<28}{r.kind:<16}{r.units:>7}{r.dead:>7}{r.dead_pct:>8.1f}%"
-                         f"{r.min_active:>10.4f}{r.median_active:>12.4f}{r.batches:>9}")
+            lines.append(
+                f"{r.name:<28}{r.kind:<16}{r.units:>7}{r.dead:>7}{r.dead_pct:>8.1f}%"
+                f"{r.min_active:>10.4f}{r.median_active:>12.4f}{r.batches:>9}"
+            )
         return "\n".join(lines)
 
     def to_tensorboard(self, writer, step: int, prefix: str = "dead_neurons") -> None:
@@ -57,13 +59,18 @@ def dead_neuron_report(model: nn.Module, threshold: Optional[float] = None) -> D
         ema = m.active_ema.detach().float().cpu()
         dead = int(m.dead_mask(threshold).sum())
         units = ema.numel()
-        rows.append(LayerStats(
-            name=name, kind=type(m).__name__, units=units, dead=dead,
-            dead_pct=100.0 * dead / units if units else 0.0,
-            min_active=float(ema.min()) if units else math.nan,
-            median_active=float(ema.median()) if units else math.nan,
-            batches=int(m.num_batches_tracked),
-        ))
+        rows.append(
+            LayerStats(
+                name=name,
+                kind=type(m).__name__,
+                units=units,
+                dead=dead,
+                dead_pct=100.0 * dead / units if units else 0.0,
+                min_active=float(ema.min()) if units else math.nan,
+                median_active=float(ema.median()) if units else math.nan,
+                batches=int(m.num_batches_tracked),
+            )
+        )
     return rows
 
 
@@ -103,10 +110,13 @@ def _zero_adam_state(optimizer, param: torch.Tensor, index, dim: int) -> List[st
 
 
 @torch.no_grad()
-def revive_dead_(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                 threshold: Optional[float] = None,
-                 pairs: Optional[Dict[nn.Module, nn.Module]] = None,
-                 prelu_collapse_eps: float = 1e-3) -> Dict[str, dict]:
+def revive_dead_(
+    model: nn.Module,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    threshold: Optional[float] = None,
+    pairs: Optional[Dict[nn.Module, nn.Module]] = None,
+    prelu_collapse_eps: float = 1e-3,
+) -> Dict[str, dict]:
     """Revive dead units in place, as ReDo does (Sokar et al., 2023).
 
     For each FusedLinearReLU with dead units (``dead_mask(threshold)``), except
@@ -137,7 +147,7 @@ def revive_dead_(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = 
             children = list(seq.children())
             for i, c in enumerate(children):
                 if isinstance(c, FusedLinearReLU):
-                    nxt = next((d for d in children[i + 1:] if _linear_like(d)), None)
+                    nxt = next((d for d in children[i + 1 :] if _linear_like(d)), None)
                     if nxt is not None:
                         next_of[c] = nxt
     if pairs is not None:

@@ -36,8 +36,7 @@ def _ema_(ema: Tensor, value: Tensor, num_batches_tracked: Tensor, momentum: flo
 class _DeadStats(nn.Module):
     """Buffers and queries shared by both modules (not a layer by itself)."""
 
-    def _init_stats(self, units: int, track: bool, momentum: float, dead_threshold: float,
-                    track_dormant: bool, device) -> None:
+    def _init_stats(self, units: int, track: bool, momentum: float, dead_threshold: float, track_dormant: bool, device) -> None:
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
         self.track_dead_stats = track
@@ -48,12 +47,10 @@ class _DeadStats(nn.Module):
         self.register_buffer("abs_mean_ema", torch.zeros(units, device=device))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # Checkpoints of nn.Linear / nn.PReLU have no statistics: load them
         # (strict too) and keep fresh statistics.
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         for name in _STAT_BUFFERS:
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
@@ -101,9 +98,19 @@ class FusedLinearReLU(nn.Linear, _DeadStats):
         torch.Size([30])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 *, track_dead_stats: bool = True, momentum: float = 0.01, dead_threshold: float = 0.01,
-                 track_dormant: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        track_dead_stats: bool = True,
+        momentum: float = 0.01,
+        dead_threshold: float = 0.01,
+        track_dormant: bool = False,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_stats(out_features, track_dead_stats, momentum, dead_threshold, track_dormant, device)
 
@@ -142,9 +149,19 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
         torch.Size([2, 3, 4, 4])
     """
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25, device=None, dtype=None,
-                 *, num_channels: Optional[int] = None, track_dead_stats: bool = True,
-                 momentum: float = 0.01, dead_threshold: float = 0.01, track_dormant: bool = False) -> None:
+    def __init__(
+        self,
+        num_parameters: int = 1,
+        init: float = 0.25,
+        device=None,
+        dtype=None,
+        *,
+        num_channels: Optional[int] = None,
+        track_dead_stats: bool = True,
+        momentum: float = 0.01,
+        dead_threshold: float = 0.01,
+        track_dormant: bool = False,
+    ) -> None:
         super().__init__(num_parameters, init, device, dtype)
         units = num_parameters if num_channels is None else num_channels
         self._init_stats(units, track_dead_stats, momentum, dead_threshold, track_dormant, device)
@@ -160,8 +177,10 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
             else:
                 if channels != units:
                     raise RuntimeError(
-                        "DeadAwarePReLU: statistics are kept for " + str(units)
-                        + " channels (num_channels) but the input has " + str(channels)
+                        "DeadAwarePReLU: statistics are kept for "
+                        + str(units)
+                        + " channels (num_channels) but the input has "
+                        + str(channels)
                     )
                 frac = counts.float() / per_channel
             _ema_(self.active_ema, frac, self.num_batches_tracked, self.momentum)

@@ -71,8 +71,9 @@ def _symbolic_dead_prelu(g, input, weight):
         axes = g.op("Constant", value_t=torch.tensor([d for d in range(rank) if d != 1], dtype=torch.int64))
         count = g.op("ReduceSum", positive, axes, keepdims_i=0)
     else:
-        count = g.op("Reshape", g.op("ReduceSum", positive, keepdims_i=0),
-                     g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)))
+        count = g.op(
+            "Reshape", g.op("ReduceSum", positive, keepdims_i=0), g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64))
+        )
     return out, count
 
 
@@ -89,8 +90,7 @@ def register_onnx_symbolics(opset: int = 13) -> None:
     _registered = True
 
 
-def export(model: torch.nn.Module, args: tuple, f: Optional[str] = None, *, dynamo: bool = True,
-           dynamic_shapes=None, **kwargs):
+def export(model: torch.nn.Module, args: tuple, f: Optional[str] = None, *, dynamo: bool = True, dynamic_shapes=None, **kwargs):
     """torch.onnx.export for models that use the relu_ext operators. Returns
     what torch.onnx.export returns (an ONNXProgram with dynamo=True)."""
     if dynamo:

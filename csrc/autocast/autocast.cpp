@@ -17,8 +17,9 @@ using at::Tensor;
 
 template <c10::DeviceType kDevice>
 struct Caster {
-  static constexpr c10::DispatchKey key =
-      kDevice == c10::DeviceType::CUDA ? c10::DispatchKey::AutocastCUDA : c10::DispatchKey::AutocastCPU;
+  static constexpr c10::DispatchKey key = kDevice == c10::DeviceType::CUDA
+                                              ? c10::DispatchKey::AutocastCUDA
+                                              : c10::DispatchKey::AutocastCPU;
   static at::ScalarType dtype() { return at::autocast::get_autocast_dtype(kDevice); }
   static Tensor cast(const Tensor& t) { return at::autocast::cached_cast(dtype(), t, kDevice); }
   static std::optional<Tensor> cast(const std::optional<Tensor>& t) {
@@ -35,7 +36,8 @@ Tensor fused_linear_relu_autocast(const Tensor& input, const Tensor& weight,
 }
 
 template <c10::DeviceType kDevice>
-std::tuple<Tensor, Tensor> fused_linear_relu_forward_autocast(const Tensor& input, const Tensor& weight,
+std::tuple<Tensor, Tensor> fused_linear_relu_forward_autocast(const Tensor& input,
+                                                              const Tensor& weight,
                                                               const std::optional<Tensor>& bias) {
   using C = Caster<kDevice>;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(C::key);

@@ -1,7 +1,7 @@
 // Autograd of dead_prelu, registered in C++ on the Autograd key. The active
 // counts are integer statistics and not differentiable.
-#include <ATen/ops/sum.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
@@ -18,8 +18,7 @@ using torch::autograd::variable_list;
 
 class DeadPreluFunction : public torch::autograd::Function<DeadPreluFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input,
-                               const Tensor& weight) {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, counts] = torch_relu_ext::dead_prelu(input, weight);
     ctx->save_for_backward({input, weight});
@@ -32,8 +31,7 @@ class DeadPreluFunction : public torch::autograd::Function<DeadPreluFunction> {
     const Tensor& grad = grads[0];
     if (!grad.defined()) return {Tensor(), Tensor()};
     auto [gi, gw] = torch_relu_ext::dead_prelu_backward(
-        grad, saved[0], saved[1],
-        {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
+        grad, saved[0], saved[1], {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
     return {gi, gw};
   }
 };
@@ -62,15 +60,12 @@ Tensor reduce_to_weight(const Tensor& t, const Tensor& weight) {
 // Double backward. With pos = input > 0 (piecewise constant in input):
 //   grad_input  = where(pos, g, w * g)
 //   grad_weight = reduce(where(pos, 0, x * g))
-class DeadPreluBackwardFunction
-    : public torch::autograd::Function<DeadPreluBackwardFunction> {
+class DeadPreluBackwardFunction : public torch::autograd::Function<DeadPreluBackwardFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output,
-                               const Tensor& input, const Tensor& weight,
-                               std::array<bool, 2> output_mask) {
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output, const Tensor& input,
+                               const Tensor& weight, std::array<bool, 2> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gi, gw] = torch_relu_ext::dead_prelu_backward(grad_output, input,
-                                                        weight, output_mask);
+    auto [gi, gw] = torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
     ctx->save_for_backward({grad_output, input, weight});
     // A Function's outputs must be defined: return the selected ones only.
     ctx->saved_data["grad_input"] = output_mask[0];
@@ -93,8 +88,7 @@ class DeadPreluBackwardFunction
     const Tensor pos = x > 0;
     const Tensor zero = at::zeros({}, x.options());
     const Tensor w = broadcast_weight(weight, x);
-    const Tensor ggw =
-        gg_weight.defined() ? broadcast_weight(gg_weight, x) : Tensor();
+    const Tensor ggw = gg_weight.defined() ? broadcast_weight(gg_weight, x) : Tensor();
 
     Tensor d_g, d_x, d_w;
     if (ctx->needs_input_grad(0)) {
@@ -114,10 +108,8 @@ class DeadPreluBackwardFunction
   }
 };
 
-std::tuple<Tensor, Tensor> dead_prelu_autograd(const Tensor& input,
-                                               const Tensor& weight) {
-  if (!(at::GradMode::is_enabled() &&
-        (input.requires_grad() || weight.requires_grad()))) {
+std::tuple<Tensor, Tensor> dead_prelu_autograd(const Tensor& input, const Tensor& weight) {
+  if (!(at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()))) {
     at::AutoDispatchBelowADInplaceOrView guard;
     return torch_relu_ext::dead_prelu(input, weight);
   }
@@ -125,18 +117,15 @@ std::tuple<Tensor, Tensor> dead_prelu_autograd(const Tensor& input,
   return {out[0], out[1]};
 }
 
-std::tuple<Tensor, Tensor> dead_prelu_backward_autograd(
-    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    std::array<bool, 2> output_mask) {
+std::tuple<Tensor, Tensor> dead_prelu_backward_autograd(const Tensor& grad_output,
+                                                        const Tensor& input, const Tensor& weight,
+                                                        std::array<bool, 2> output_mask) {
   if (!(at::GradMode::is_enabled() &&
-        (grad_output.requires_grad() || input.requires_grad() ||
-         weight.requires_grad()))) {
+        (grad_output.requires_grad() || input.requires_grad() || weight.requires_grad()))) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return torch_relu_ext::dead_prelu_backward(grad_output, input, weight,
-                                               output_mask);
+    return torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
   }
-  auto out = DeadPreluBackwardFunction::apply(grad_output, input, weight,
-                                              output_mask);
+  auto out = DeadPreluBackwardFunction::apply(grad_output, input, weight, output_mask);
   Tensor gi = output_mask[0] ? out[0] : Tensor();
   Tensor gw = output_mask[1] ? out[output_mask[0] ? 1 : 0] : Tensor();
   return {gi, gw};

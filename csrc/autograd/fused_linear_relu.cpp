@@ -4,8 +4,8 @@
 // Forward saves input, weight and the 1-bit-per-element ReLU mask (never the
 // output). Backward calls relu_ext::fused_linear_relu_backward, whose own
 // autograd (below) makes double backward work.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <torch/autograd.h>
@@ -28,11 +28,9 @@ bool any_requires_grad(const Tensor& input, const Tensor& weight,
           (bias.has_value() && bias->defined() && bias->requires_grad()));
 }
 
-class FusedLinearReluFunction
-    : public torch::autograd::Function<FusedLinearReluFunction> {
+class FusedLinearReluFunction : public torch::autograd::Function<FusedLinearReluFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input,
-                               const Tensor& weight,
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
                                const std::optional<Tensor>& bias) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mask] = torch_relu_ext::fused_linear_relu_forward(input, weight, bias);
@@ -47,11 +45,10 @@ class FusedLinearReluFunction
     const Tensor& grad = grads[0];
     if (!grad.defined()) return {Tensor(), Tensor(), Tensor()};
     const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    const std::array<bool, 3> output_mask = {
-        ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-        has_bias && ctx->needs_input_grad(2)};
-    auto [gi, gw, gb] = torch_relu_ext::fused_linear_relu_backward(
-        grad, saved[0], saved[1], saved[2], output_mask);
+    const std::array<bool, 3> output_mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                             has_bias && ctx->needs_input_grad(2)};
+    auto [gi, gw, gb] =
+        torch_relu_ext::fused_linear_relu_backward(grad, saved[0], saved[1], saved[2], output_mask);
     return {gi, gw, gb};
   }
 };
@@ -65,13 +62,12 @@ constexpr const char* kSelected[3] = {"grad_input", "grad_weight", "grad_bias"};
 class FusedLinearReluBackwardFunction
     : public torch::autograd::Function<FusedLinearReluBackwardFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output,
-                               const Tensor& input, const Tensor& weight,
-                               const Tensor& mask,
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output, const Tensor& input,
+                               const Tensor& weight, const Tensor& mask,
                                std::array<bool, 3> output_mask) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gi, gw, gb] = torch_relu_ext::fused_linear_relu_backward(
-        grad_output, input, weight, mask, output_mask);
+    auto [gi, gw, gb] =
+        torch_relu_ext::fused_linear_relu_backward(grad_output, input, weight, mask, output_mask);
     ctx->save_for_backward({grad_output, input, weight, mask});
     // A Function's outputs must be defined: return the selected ones only.
     variable_list outs;
@@ -96,7 +92,7 @@ class FusedLinearReluBackwardFunction
     const Tensor& gg_input = gg[0];
     const Tensor& gg_weight = gg[1];
     const Tensor& gg_bias = gg[2];
-      // Symbolic-shape safe (AOTAutograd traces this with dynamic sizes).
+    // Symbolic-shape safe (AOTAutograd traces this with dynamic sizes).
     static auto unpack = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("relu_ext::relu_mask_unpack", "")
                              .typed<Tensor(const Tensor&, c10::SymIntArrayRef)>();
@@ -136,25 +132,23 @@ Tensor fused_linear_relu_autograd(const Tensor& input, const Tensor& weight,
   return FusedLinearReluFunction::apply(input, weight, bias)[0];
 }
 
-std::tuple<Tensor, Tensor> fused_linear_relu_forward_autograd(
-    const Tensor& input, const Tensor& weight,
-    const std::optional<Tensor>& bias) {
+std::tuple<Tensor, Tensor> fused_linear_relu_forward_autograd(const Tensor& input,
+                                                              const Tensor& weight,
+                                                              const std::optional<Tensor>& bias) {
   auto out = FusedLinearReluFunction::apply(input, weight, bias);
   return {out[0], out[1]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_autograd(
-    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    const Tensor& mask, std::array<bool, 3> output_mask) {
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, const Tensor& mask,
+    std::array<bool, 3> output_mask) {
   if (!(at::GradMode::is_enabled() &&
-        (grad_output.requires_grad() || input.requires_grad() ||
-         weight.requires_grad()))) {
+        (grad_output.requires_grad() || input.requires_grad() || weight.requires_grad()))) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return torch_relu_ext::fused_linear_relu_backward(grad_output, input,
-                                                      weight, mask, output_mask);
+    return torch_relu_ext::fused_linear_relu_backward(grad_output, input, weight, mask,
+                                                      output_mask);
   }
-  auto out = FusedLinearReluBackwardFunction::apply(grad_output, input, weight,
-                                                    mask, output_mask);
+  auto out = FusedLinearReluBackwardFunction::apply(grad_output, input, weight, mask, output_mask);
   Tensor res[3];
   for (int i = 0, next = 0; i < 3; ++i) {
     if (output_mask[i]) res[i] = out[next++];

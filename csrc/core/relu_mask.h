@@ -20,8 +20,7 @@ RELU_EXT_HD int64_t relu_mask_ld(int64_t out_features, bool padded) {
   return padded ? (out_features + 127) / 128 * 128 : out_features;
 }
 
-RELU_EXT_HD int64_t relu_mask_bytes(int64_t rows, int64_t out_features,
-                                    bool padded) {
+RELU_EXT_HD int64_t relu_mask_bytes(int64_t rows, int64_t out_features, bool padded) {
   return relu_mask_bytes(rows * relu_mask_ld(out_features, padded));
 }
 
@@ -33,15 +32,14 @@ RELU_EXT_HD bool relu_mask_bit(const uint8_t* mask, int64_t e) {
 // places each input byte's bit in the top byte without carries (all partial
 // products are distinct powers of two).
 inline uint8_t pack8(const uint8_t* flags) {
-  uint64_t v;
+  uint64_t v = 0;
   std::memcpy(&v, flags, 8);
   return static_cast<uint8_t>((v * 0x0102040810204080ULL) >> 56);
 }
 
 // One mask byte -> eight bytes, byte i nonzero iff bit i is set.
 inline uint64_t unpack8(uint8_t bits) {
-  return (static_cast<uint64_t>(bits) * 0x0101010101010101ULL) &
-         0x8040201008040201ULL;
+  return (static_cast<uint64_t>(bits) * 0x0101010101010101ULL) & 0x8040201008040201ULL;
 }
 
 }  // namespace torch_relu_ext::core

@@ -34,11 +34,11 @@ using Layout = detail::PreluLayout;
 
 int64_t chunk_count(int64_t units, int64_t elems_per_unit) {
   const int64_t total = units * std::max<int64_t>(1, elems_per_unit);
-  return std::clamp<int64_t>(total / kChunkElems, 1, std::min(kMaxChunks, std::max<int64_t>(1, units)));
+  return std::clamp<int64_t>(total / kChunkElems, 1,
+                             std::min(kMaxChunks, std::max<int64_t>(1, units)));
 }
 
-std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input,
-                                          const Tensor& weight) {
+std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& weight) {
   detail::check_prelu_args("relu_ext::dead_prelu", input, weight);
   const Layout l = detail::prelu_layout(input);
   const int64_t channels = detail::prelu_channels(input);
@@ -71,13 +71,11 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input,
               std::vector<int32_t> scratch(l.C);
               for (int64_t r0 = u0; r0 < u1; r0 += INT32_MAX) {
                 const int64_t r1 = std::min<int64_t>(u1, r0 + INT32_MAX);
-                prelu_forward_rows<scalar_t, acc_t>(x_p + r0 * l.C, y_p + r0 * l.C, w_p,
-                                                    w_scalar, r1 - r0, l.C, cnt,
-                                                    scratch.data());
+                prelu_forward_rows<scalar_t, acc_t>(x_p + r0 * l.C, y_p + r0 * l.C, w_p, w_scalar,
+                                                    r1 - r0, l.C, cnt, scratch.data());
               }
             } else {
-              prelu_forward_flat<scalar_t, acc_t>(x_p, y_p, w_p, w_scalar, u0, u1,
-                                                  l.C, l.B, cnt);
+              prelu_forward_flat<scalar_t, acc_t>(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
             }
           }
         });
@@ -89,11 +87,10 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input,
   return {out, counts};
 }
 
-std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(
-    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    std::array<bool, 2> output_mask) {
-  detail::check_prelu_backward_args("relu_ext::dead_prelu_backward",
-                                    grad_output, input, weight);
+std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight,
+                                                   std::array<bool, 2> output_mask) {
+  detail::check_prelu_backward_args("relu_ext::dead_prelu_backward", grad_output, input, weight);
   const Layout l = detail::prelu_layout(input);
   // grad_output in the same memory layout as the input we read.
   const Tensor g = detail::with_strides_of(grad_output, l.x);
@@ -107,8 +104,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(
   const bool w_scalar = w.numel() == 1;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_backward_cpu",
-      [&] {
+      at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         const scalar_t* g_p = g.data_ptr<scalar_t>();
@@ -127,12 +123,12 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(
               if (u0 >= u1) continue;
               double* gw = output_mask[1] ? partial.data() + c * l.C : nullptr;
               if (rows_path) {
-                prelu_backward_rows<scalar_t, acc_t, double>(
-                    x_p + u0 * l.C, g_p + u0 * l.C, w_p, w_scalar, u1 - u0, l.C,
-                    gi_p ? gi_p + u0 * l.C : nullptr, gw);
+                prelu_backward_rows<scalar_t, acc_t, double>(x_p + u0 * l.C, g_p + u0 * l.C, w_p,
+                                                             w_scalar, u1 - u0, l.C,
+                                                             gi_p ? gi_p + u0 * l.C : nullptr, gw);
               } else {
-                prelu_backward_flat<scalar_t, acc_t, double>(
-                    x_p, g_p, w_p, w_scalar, u0, u1, l.C, l.B, gi_p, gw);
+                prelu_backward_flat<scalar_t, acc_t, double>(x_p, g_p, w_p, w_scalar, u0, u1, l.C,
+                                                             l.B, gi_p, gw);
               }
             }
           });

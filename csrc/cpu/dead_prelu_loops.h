@@ -25,9 +25,8 @@ constexpr int kLanes = 8;
 // `counts32` is caller scratch of C int32 counters: 32-bit lanes vectorize
 // (int64 per-element increments did not); at most 2^31 - 1 rows per call.
 template <typename T, typename Acc>
-void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
-                        int64_t rows, int64_t C, int64_t* counts,
-                        int32_t* counts32) {
+void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar, int64_t rows, int64_t C,
+                        int64_t* counts, int32_t* counts32) {
   for (int64_t c = 0; c < C; ++c) counts32[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
@@ -52,9 +51,8 @@ void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
 
 // Elements [e0, e1) of the flat [A, C, B] array.
 template <typename T, typename Acc>
-void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar,
-                        int64_t e0, int64_t e1, int64_t C, int64_t B,
-                        int64_t* counts) {
+void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar, int64_t e0, int64_t e1,
+                        int64_t C, int64_t B, int64_t* counts) {
   for (int64_t e = e0; e < e1;) {
     const int64_t run = e / B;
     const int64_t c = run % C;
@@ -79,8 +77,8 @@ void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar,
 }
 
 template <typename T, typename Acc, typename Red>
-void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
-                         int64_t rows, int64_t C, T* gi, Red* gw) {
+void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar, int64_t rows, int64_t C,
+                         T* gi, Red* gw) {
   // Per-channel float sums over blocks of rows, flushed to Red: the inner
   // loops are plain vectorizable selects and adds over the C channels.
   constexpr int64_t kBlock = 256;
@@ -97,8 +95,8 @@ void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
       if (gi != nullptr) {
         T* out = gi + r * C;
         for (int64_t c = 0; c < C; ++c) {
-          out[c] = static_cast<T>(core::prelu_grad_input(
-              static_cast<Acc>(xr[c]), wp[c], static_cast<Acc>(gr[c])));
+          out[c] = static_cast<T>(
+              core::prelu_grad_input(static_cast<Acc>(xr[c]), wp[c], static_cast<Acc>(gr[c])));
         }
       }
       if (gw != nullptr) {
@@ -114,9 +112,8 @@ void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
 }
 
 template <typename T, typename Acc, typename Red>
-void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar,
-                         int64_t e0, int64_t e1, int64_t C, int64_t B, T* gi,
-                         Red* gw) {
+void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar, int64_t e0, int64_t e1,
+                         int64_t C, int64_t B, T* gi, Red* gw) {
   for (int64_t e = e0; e < e1;) {
     const int64_t run = e / B;
     const int64_t c = run % C;

@@ -43,8 +43,7 @@ int64_t block_rows(int64_t cols, int64_t elem_size) {
 }
 
 template <bool kWithMask>
-std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
-                                        const Tensor& weight,
+std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, const Tensor& weight,
                                         const std::optional<Tensor>& bias_opt) {
   detail::check_linear_args(op, input, weight, bias_opt);
   const int64_t out_f = weight.size(0);
@@ -85,8 +84,7 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
         };
 
         // 8-row groups: mask bytes are never shared between threads.
-        const int64_t grain =
-            std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * out_f));
+        const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * out_f));
         for (int64_t b = 0; b < nblocks; ++b) {
           const int64_t r0 = b * brows;
           const int64_t r1 = std::min(rows, r0 + brows);
@@ -102,22 +100,21 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
 
 Tensor fused_linear_relu_cpu(const Tensor& input, const Tensor& weight,
                              const std::optional<Tensor>& bias) {
-  return std::get<0>(
-      forward_impl<false>("relu_ext::fused_linear_relu", input, weight, bias));
+  return std::get<0>(forward_impl<false>("relu_ext::fused_linear_relu", input, weight, bias));
 }
 
-std::tuple<Tensor, Tensor> fused_linear_relu_forward_cpu(
-    const Tensor& input, const Tensor& weight,
-    const std::optional<Tensor>& bias) {
-  return forward_impl<true>("relu_ext::fused_linear_relu_forward", input,
-                            weight, bias);
+std::tuple<Tensor, Tensor> fused_linear_relu_forward_cpu(const Tensor& input, const Tensor& weight,
+                                                         const std::optional<Tensor>& bias) {
+  return forward_impl<true>("relu_ext::fused_linear_relu_forward", input, weight, bias);
 }
 
-std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(
-    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    const Tensor& mask, std::array<bool, 3> output_mask) {
-  detail::check_linear_backward_args("relu_ext::fused_linear_relu_backward",
-                                     grad_output, input, weight, mask);
+std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& grad_output,
+                                                                  const Tensor& input,
+                                                                  const Tensor& weight,
+                                                                  const Tensor& mask,
+                                                                  std::array<bool, 3> output_mask) {
+  detail::check_linear_backward_args("relu_ext::fused_linear_relu_backward", grad_output, input,
+                                     weight, mask);
   const int64_t out_f = weight.size(0);
   const Tensor x = detail::as_rows(input);
   const Tensor g = detail::as_rows(grad_output).contiguous();
@@ -133,13 +130,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(
   // reproducible.
   const int64_t numel = rows * out_f;
   const int64_t nchunks = std::clamp<int64_t>(numel / 65536, 1, 64);
-  const int64_t chunk_rows =
-      std::max<int64_t>(8, round_up8((rows + nchunks - 1) / nchunks));
+  const int64_t chunk_rows = std::max<int64_t>(8, round_up8((rows + nchunks - 1) / nchunks));
   const int64_t used_chunks = rows == 0 ? 0 : (rows + chunk_rows - 1) / chunk_rows;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu",
-      [&] {
+      at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu", [&] {
         std::vector<double> partial;
         if (output_mask[2]) partial.assign(used_chunks * out_f, 0.0);
         const scalar_t* g_p = g.data_ptr<scalar_t>();
@@ -150,8 +145,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(
             const int64_t r0 = c * chunk_rows;
             const int64_t r1 = std::min(rows, r0 + chunk_rows);
             mask_grad_block<scalar_t, double>(
-                g_p + r0 * out_f, gm_p + r0 * out_f, m_p, r0 * out_f, r1 - r0,
-                out_f, output_mask[2] ? partial.data() + c * out_f : nullptr);
+                g_p + r0 * out_f, gm_p + r0 * out_f, m_p, r0 * out_f, r1 - r0, out_f,
+                output_mask[2] ? partial.data() + c * out_f : nullptr);
           }
         });
         if (output_mask[2]) {
@@ -181,12 +176,12 @@ Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {
   const int64_t ld = core::relu_mask_ld(cols, false);
   at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / std::max<int64_t>(1, cols)),
                    [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t c = 0; c < cols; ++c) {
-        o[r * cols + c] = core::relu_mask_bit(m_p, r * ld + c);
-      }
-    }
-  });
+                     for (int64_t r = r0; r < r1; ++r) {
+                       for (int64_t c = 0; c < cols; ++c) {
+                         o[r * cols + c] = core::relu_mask_bit(m_p, r * ld + c);
+                       }
+                     }
+                   });
   return out;
 }
 

@@ -20,8 +20,7 @@ constexpr int64_t kMaskChunk = 1024;
 // first flat element index is a multiple of 8). Acc is the arithmetic type
 // (float for the 16-bit types).
 template <typename T, typename Acc, bool kWithMask>
-void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols,
-                          uint8_t* mask) {
+void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols, uint8_t* mask) {
   const int64_t n = rows * cols;
   alignas(64) uint8_t flags[kMaskChunk + 8];
   int64_t col = 0;  // column of the next element
@@ -62,8 +61,8 @@ void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols,
 // element has flat index e0 (a multiple of 8) in the mask. When bias_acc is not
 // null, adds each column's sum of grad_masked to bias_acc[col].
 template <typename T, typename Red>
-void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask,
-                     int64_t e0, int64_t rows, int64_t cols, Red* bias_acc) {
+void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask, int64_t e0, int64_t rows,
+                     int64_t cols, Red* bias_acc) {
   const int64_t n = rows * cols;
   alignas(64) uint64_t words[kMaskChunk / 8];
   const auto* flags = reinterpret_cast<const uint8_t*>(words);

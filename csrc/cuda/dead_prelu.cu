@@ -32,7 +32,7 @@ using at::Tensor;
 
 constexpr int kRunThreads = 256;
 constexpr int64_t kChunkElems = 16384;  // plane elements per block, at least
-constexpr int64_t kChunkRows = 256;      // rows per block on the rows path
+constexpr int64_t kChunkRows = 256;     // rows per block on the rows path
 constexpr int64_t kMaxChunks = 1024;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -40,8 +40,8 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 using Layout = detail::PreluLayout;
 
 template <typename acc_t, typename cnt_t>
-__device__ void block_reduce_write(acc_t gw, cnt_t cnt, acc_t* gw_out,
-                                   cnt_t* cnt_out, int tid, int nthreads) {
+__device__ void block_reduce_write(acc_t gw, cnt_t cnt, acc_t* gw_out, cnt_t* cnt_out, int tid,
+                                   int nthreads) {
   __shared__ acc_t s_gw[kRunThreads];
   __shared__ cnt_t s_cnt[kRunThreads];
   s_gw[tid] = gw;
@@ -62,9 +62,8 @@ __device__ void block_reduce_write(acc_t gw, cnt_t cnt, acc_t* gw_out,
 
 // One element of the forward or backward.
 template <typename T, typename acc_t, bool kBackward>
-__device__ __forceinline__ void prelu_element(const T* x, const T* g, T* y, T* gi,
-                                              int64_t i, acc_t w, acc_t& gw,
-                                              int64_t& cnt) {
+__device__ __forceinline__ void prelu_element(const T* x, const T* g, T* y, T* gi, int64_t i,
+                                              acc_t w, acc_t& gw, int64_t& cnt) {
   const acc_t xv = static_cast<acc_t>(x[i]);
   if (!kBackward) {
     y[i] = static_cast<T>(core::prelu(xv, w));
@@ -80,10 +79,9 @@ __device__ __forceinline__ void prelu_element(const T* x, const T* g, T* y, T* g
 // element (a*C + c)*B + b. Threads take consecutive q: coalesced within runs.
 template <typename T, typename acc_t, bool kBackward>
 __global__ void prelu_runs_kernel(const T* __restrict__ x, const T* __restrict__ g,
-                                  const T* __restrict__ w, bool w_scalar,
-                                  T* __restrict__ y, T* __restrict__ gi,
-                                  int64_t A, int64_t C, int64_t B, int64_t chunk,
-                                  acc_t* __restrict__ gw_partial,
+                                  const T* __restrict__ w, bool w_scalar, T* __restrict__ y,
+                                  T* __restrict__ gi, int64_t A, int64_t C, int64_t B,
+                                  int64_t chunk, acc_t* __restrict__ gw_partial,
                                   int64_t* __restrict__ cnt_partial) {
   const int64_t c = blockIdx.x;
   const int64_t p = blockIdx.y;
@@ -111,7 +109,8 @@ __global__ void prelu_runs_kernel(const T* __restrict__ x, const T* __restrict__
            j += static_cast<int64_t>(blockDim.x) * kVec) {
         alignas(16) T xs[kVec], gs[kVec], out[kVec];
         *reinterpret_cast<uint4*>(xs) = *reinterpret_cast<const uint4*>(x + base + j);
-        if (kBackward) *reinterpret_cast<uint4*>(gs) = *reinterpret_cast<const uint4*>(g + base + j);
+        if (kBackward)
+          *reinterpret_cast<uint4*>(gs) = *reinterpret_cast<const uint4*>(g + base + j);
 #pragma unroll
         for (int v = 0; v < kVec; ++v) {
           const acc_t xv = static_cast<acc_t>(xs[v]);
@@ -125,7 +124,8 @@ __global__ void prelu_runs_kernel(const T* __restrict__ x, const T* __restrict__
           }
         }
         T* dst = kBackward ? gi : y;
-        if (dst != nullptr) *reinterpret_cast<uint4*>(dst + base + j) = *reinterpret_cast<uint4*>(out);
+        if (dst != nullptr)
+          *reinterpret_cast<uint4*>(dst + base + j) = *reinterpret_cast<uint4*>(out);
       }
     } else {
       for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
@@ -135,16 +135,15 @@ __global__ void prelu_runs_kernel(const T* __restrict__ x, const T* __restrict__
     q += len;
   }
   block_reduce_write<acc_t, int64_t>(gw, cnt, kBackward ? gw_partial + p * C + c : nullptr,
-                                     kBackward ? nullptr : cnt_partial + p * C + c,
-                                     threadIdx.x, blockDim.x);
+                                     kBackward ? nullptr : cnt_partial + p * C + c, threadIdx.x,
+                                     blockDim.x);
 }
 
 // B == 1: rows of C channels. Block (32, 8): x over channels, y over rows.
 template <typename T, typename acc_t, bool kBackward>
 __global__ void prelu_rows_kernel(const T* __restrict__ x, const T* __restrict__ g,
-                                  const T* __restrict__ w, bool w_scalar,
-                                  T* __restrict__ y, T* __restrict__ gi, int64_t A,
-                                  int64_t C, int64_t chunk,
+                                  const T* __restrict__ w, bool w_scalar, T* __restrict__ y,
+                                  T* __restrict__ gi, int64_t A, int64_t C, int64_t chunk,
                                   acc_t* __restrict__ gw_partial,
                                   int64_t* __restrict__ cnt_partial) {
   __shared__ acc_t s_gw[8][33];
@@ -184,13 +183,14 @@ __global__ void prelu_rows_kernel(const T* __restrict__ x, const T* __restrict__
 // 16-byte access per row instead of V narrow ones).
 template <typename T, typename acc_t, bool kBackward>
 __global__ void prelu_rows_vec_kernel(const T* __restrict__ x, const T* __restrict__ g,
-                                      const T* __restrict__ w, bool w_scalar,
-                                      T* __restrict__ y, T* __restrict__ gi, int64_t A,
-                                      int64_t C, int64_t chunk,
+                                      const T* __restrict__ w, bool w_scalar, T* __restrict__ y,
+                                      T* __restrict__ gi, int64_t A, int64_t C, int64_t chunk,
                                       acc_t* __restrict__ gw_partial,
                                       int64_t* __restrict__ cnt_partial) {
   constexpr int V = 16 / sizeof(T);
-  struct alignas(16) Vec { T v[V]; };
+  struct alignas(16) Vec {
+    T v[V];
+  };
   __shared__ acc_t s_gw[8][32 * V + 1];
   __shared__ int64_t s_cnt[8][32 * V + 1];
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * V;
@@ -255,8 +255,8 @@ __global__ void prelu_rows_vec_kernel(const T* __restrict__ x, const T* __restri
 }
 
 template <typename acc_t, typename out_t>
-__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks,
-                                  int64_t C, out_t* __restrict__ out) {
+__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks, int64_t C,
+                                  out_t* __restrict__ out) {
   for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc_t s = 0;
@@ -267,8 +267,8 @@ __global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chu
 
 // Launches the forward (kBackward false: y, counts) or the backward (gi, gw).
 template <bool kBackward>
-void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi,
-            Tensor* counts, Tensor* grad_weight) {
+void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi, Tensor* counts,
+            Tensor* grad_weight) {
   const int64_t numel = l.x.numel();
   const bool rows_path = l.B == 1;
   // Chunks per channel: rows of 32 channels for the rows path (a block per
@@ -280,74 +280,80 @@ void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi,
   const int64_t P = ceil_div(units, chunk);
   auto stream = at::cuda::getCurrentCUDAStream();
   const bool w_scalar = w.numel() == 1;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    Tensor gw_part, cnt_part;
-    if (kBackward && grad_weight != nullptr) {
-      gw_part = at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    }
-    if (!kBackward) cnt_part = at::empty({P, l.C}, l.x.options().dtype(at::kLong));
-    // Without a grad_weight, the backward still runs the reduction into a
-    // scratch buffer (cheap) so one kernel serves both.
-    if (kBackward && !gw_part.defined()) {
-      gw_part = at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    }
-    const scalar_t* x_p = l.x.data_ptr<scalar_t>();
-    const scalar_t* g_p = kBackward ? g.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* w_p = w.data_ptr<scalar_t>();
-    scalar_t* out_p = y_or_gi.defined() ? y_or_gi.data_ptr<scalar_t>() : nullptr;
-    acc_t* gw_p = gw_part.defined() ? gw_part.data_ptr<acc_t>() : nullptr;
-    int64_t* cnt_p = cnt_part.defined() ? cnt_part.data_ptr<int64_t>() : nullptr;
-    if (numel > 0) {
-      constexpr int V = 16 / sizeof(scalar_t);
-      auto aligned = [](const void* q) { return q == nullptr || reinterpret_cast<uintptr_t>(q) % 16 == 0; };
-      const bool vec = l.C % V == 0 && aligned(x_p) && aligned(g_p) && aligned(out_p);
-      if (rows_path && vec) {
-        const dim3 block(32, 8);
-        const dim3 grid(static_cast<unsigned>(ceil_div(l.C, 32 * V)), static_cast<unsigned>(P));
-        prelu_rows_vec_kernel<scalar_t, acc_t, kBackward><<<grid, block, 0, stream>>>(
-            x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr, l.A,
-            l.C, chunk, gw_p, cnt_p);
-      } else if (rows_path) {
-        const dim3 block(32, 8);
-        const dim3 grid(static_cast<unsigned>(ceil_div(l.C, 32)), static_cast<unsigned>(P));
-        prelu_rows_kernel<scalar_t, acc_t, kBackward><<<grid, block, 0, stream>>>(
-            x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr, l.A,
-            l.C, chunk, gw_p, cnt_p);
-      } else {
-        const dim3 grid(static_cast<unsigned>(l.C), static_cast<unsigned>(P));
-        prelu_runs_kernel<scalar_t, acc_t, kBackward><<<grid, kRunThreads, 0, stream>>>(
-            x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr, l.A,
-            l.C, l.B, chunk, gw_p, cnt_p);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    const int sum_grid = static_cast<int>(std::min<int64_t>(ceil_div(std::max<int64_t>(l.C, 1), 256), 65535));
-    if (!kBackward && counts != nullptr && l.C > 0) {
-      if (numel == 0) {
-        counts->zero_();
-      } else {
-        sum_chunks_kernel<int64_t, int64_t><<<sum_grid, 256, 0, stream>>>(cnt_p, P, l.C,
-                                                                         counts->data_ptr<int64_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
-    if (kBackward && grad_weight != nullptr) {
-      if (numel == 0) {
-        grad_weight->zero_();
-      } else if (w_scalar) {
-        Tensor per_channel = at::empty({l.C}, gw_part.options());
-        sum_chunks_kernel<acc_t, acc_t><<<sum_grid, 256, 0, stream>>>(gw_p, P, l.C,
-                                                                     per_channel.data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        grad_weight->copy_(per_channel.sum().reshape(grad_weight->sizes()));
-      } else {
-        sum_chunks_kernel<acc_t, scalar_t><<<sum_grid, 256, 0, stream>>>(
-            gw_p, P, l.C, grad_weight->data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        Tensor gw_part, cnt_part;
+        if (kBackward && grad_weight != nullptr) {
+          gw_part =
+              at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        }
+        if (!kBackward) cnt_part = at::empty({P, l.C}, l.x.options().dtype(at::kLong));
+        // Without a grad_weight, the backward still runs the reduction into a
+        // scratch buffer (cheap) so one kernel serves both.
+        if (kBackward && !gw_part.defined()) {
+          gw_part =
+              at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        }
+        const scalar_t* x_p = l.x.data_ptr<scalar_t>();
+        const scalar_t* g_p = kBackward ? g.data_ptr<scalar_t>() : nullptr;
+        const scalar_t* w_p = w.data_ptr<scalar_t>();
+        scalar_t* out_p = y_or_gi.defined() ? y_or_gi.data_ptr<scalar_t>() : nullptr;
+        acc_t* gw_p = gw_part.defined() ? gw_part.data_ptr<acc_t>() : nullptr;
+        int64_t* cnt_p = cnt_part.defined() ? cnt_part.data_ptr<int64_t>() : nullptr;
+        if (numel > 0) {
+          constexpr int V = 16 / sizeof(scalar_t);
+          auto aligned = [](const void* q) {
+            return q == nullptr || reinterpret_cast<uintptr_t>(q) % 16 == 0;
+          };
+          const bool vec = l.C % V == 0 && aligned(x_p) && aligned(g_p) && aligned(out_p);
+          if (rows_path && vec) {
+            const dim3 block(32, 8);
+            const dim3 grid(static_cast<unsigned>(ceil_div(l.C, 32 * V)), static_cast<unsigned>(P));
+            prelu_rows_vec_kernel<scalar_t, acc_t, kBackward><<<grid, block, 0, stream>>>(
+                x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr,
+                l.A, l.C, chunk, gw_p, cnt_p);
+          } else if (rows_path) {
+            const dim3 block(32, 8);
+            const dim3 grid(static_cast<unsigned>(ceil_div(l.C, 32)), static_cast<unsigned>(P));
+            prelu_rows_kernel<scalar_t, acc_t, kBackward><<<grid, block, 0, stream>>>(
+                x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr,
+                l.A, l.C, chunk, gw_p, cnt_p);
+          } else {
+            const dim3 grid(static_cast<unsigned>(l.C), static_cast<unsigned>(P));
+            prelu_runs_kernel<scalar_t, acc_t, kBackward><<<grid, kRunThreads, 0, stream>>>(
+                x_p, g_p, w_p, w_scalar, kBackward ? nullptr : out_p, kBackward ? out_p : nullptr,
+                l.A, l.C, l.B, chunk, gw_p, cnt_p);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        const int sum_grid =
+            static_cast<int>(std::min<int64_t>(ceil_div(std::max<int64_t>(l.C, 1), 256), 65535));
+        if (!kBackward && counts != nullptr && l.C > 0) {
+          if (numel == 0) {
+            counts->zero_();
+          } else {
+            sum_chunks_kernel<int64_t, int64_t>
+                <<<sum_grid, 256, 0, stream>>>(cnt_p, P, l.C, counts->data_ptr<int64_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        }
+        if (kBackward && grad_weight != nullptr) {
+          if (numel == 0) {
+            grad_weight->zero_();
+          } else if (w_scalar) {
+            Tensor per_channel = at::empty({l.C}, gw_part.options());
+            sum_chunks_kernel<acc_t, acc_t>
+                <<<sum_grid, 256, 0, stream>>>(gw_p, P, l.C, per_channel.data_ptr<acc_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+            grad_weight->copy_(per_channel.sum().reshape(grad_weight->sizes()));
+          } else {
+            sum_chunks_kernel<acc_t, scalar_t>
+                <<<sum_grid, 256, 0, stream>>>(gw_p, P, l.C, grad_weight->data_ptr<scalar_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        }
+      });
 }
 
 std::tuple<Tensor, Tensor> dead_prelu_cuda(const Tensor& input, const Tensor& weight) {
@@ -362,8 +368,7 @@ std::tuple<Tensor, Tensor> dead_prelu_cuda(const Tensor& input, const Tensor& we
   return {out, counts};
 }
 
-std::tuple<Tensor, Tensor> dead_prelu_backward_cuda(const Tensor& grad_output,
-                                                    const Tensor& input,
+std::tuple<Tensor, Tensor> dead_prelu_backward_cuda(const Tensor& grad_output, const Tensor& input,
                                                     const Tensor& weight,
                                                     std::array<bool, 2> output_mask) {
   detail::check_prelu_backward_args("relu_ext::dead_prelu_backward", grad_output, input, weight);

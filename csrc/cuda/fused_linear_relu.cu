@@ -47,10 +47,8 @@ int grid_for(int64_t work, int per_block = kThreads) {
 // Fallback epilogue: out = relu(out + bias) in place, mask bits by warp ballot.
 // One warp per 32-bit mask word: lanes read 32 consecutive columns of a row.
 template <typename T, bool kWithMask>
-__global__ void bias_relu_mask_kernel(T* __restrict__ out,
-                                      const T* __restrict__ bias, int64_t rows,
-                                      int64_t cols, int64_t ld,
-                                      uint32_t* __restrict__ mask) {
+__global__ void bias_relu_mask_kernel(T* __restrict__ out, const T* __restrict__ bias, int64_t rows,
+                                      int64_t cols, int64_t ld, uint32_t* __restrict__ mask) {
   using acc_t = at::opmath_type<T>;
   const int lane = threadIdx.x & 31;
   const int64_t words_per_row = ld / 32;
@@ -77,11 +75,9 @@ __global__ void bias_relu_mask_kernel(T* __restrict__ out,
 // Backward, stage 1: grad_masked = mask ? grad : 0; per (row chunk, column)
 // partial sums of grad_masked. Block (32, 8): x over 32 columns, y over rows.
 template <typename T, typename acc_t>
-__global__ void mask_grad_kernel(const T* __restrict__ grad,
-                                 T* __restrict__ grad_masked,
-                                 const uint8_t* __restrict__ mask, int64_t rows,
-                                 int64_t cols, int64_t ld, int64_t chunk_rows,
-                                 acc_t* __restrict__ partial) {
+__global__ void mask_grad_kernel(const T* __restrict__ grad, T* __restrict__ grad_masked,
+                                 const uint8_t* __restrict__ mask, int64_t rows, int64_t cols,
+                                 int64_t ld, int64_t chunk_rows, acc_t* __restrict__ partial) {
   __shared__ acc_t sums[8][33];
   const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
@@ -109,13 +105,12 @@ __global__ void mask_grad_kernel(const T* __restrict__ grad,
 // aligned, each thread takes 8 consecutive columns: one mask byte and 16-32
 // bytes of grad per row (the scalar kernel above reads 2-8 bytes per thread).
 template <typename T, typename acc_t>
-__global__ void mask_grad_vec8_kernel(const T* __restrict__ grad,
-                                      T* __restrict__ grad_masked,
-                                      const uint8_t* __restrict__ mask,
-                                      int64_t rows, int64_t cols, int64_t ld,
-                                      int64_t chunk_rows,
-                                      acc_t* __restrict__ partial) {
-  struct alignas(sizeof(T) * 8) Vec { T v[8]; };
+__global__ void mask_grad_vec8_kernel(const T* __restrict__ grad, T* __restrict__ grad_masked,
+                                      const uint8_t* __restrict__ mask, int64_t rows, int64_t cols,
+                                      int64_t ld, int64_t chunk_rows, acc_t* __restrict__ partial) {
+  struct alignas(sizeof(T) * 8) Vec {
+    T v[8];
+  };
   __shared__ acc_t sums[8][32 * 8 + 1];
   const int64_t c0 = (static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x) * 8;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
@@ -151,23 +146,21 @@ __global__ void mask_grad_vec8_kernel(const T* __restrict__ grad,
 
 // Backward, stage 2: out[c] = sum over chunks of partial[chunk][c], in order.
 template <typename T, typename acc_t>
-__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial,
-                                  int64_t chunks, int64_t cols,
+__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks, int64_t cols,
                                   T* __restrict__ out) {
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       c < cols; c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
+       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     acc_t s = 0;
     for (int64_t k = 0; k < chunks; ++k) s += partial[k * cols + c];
     out[c] = static_cast<T>(s);
   }
 }
 
-__global__ void mask_unpack_kernel(const uint8_t* __restrict__ mask,
-                                   int64_t rows, int64_t cols, int64_t ld,
-                                   bool* __restrict__ out) {
+__global__ void mask_unpack_kernel(const uint8_t* __restrict__ mask, int64_t rows, int64_t cols,
+                                   int64_t ld, bool* __restrict__ out) {
   const int64_t n = rows * cols;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / cols;
     out[i] = core::relu_mask_bit(mask, r * ld + (i - r * cols));
   }
@@ -175,9 +168,8 @@ __global__ void mask_unpack_kernel(const uint8_t* __restrict__ mask,
 
 // Per-column set bits of the mask: thread per column, rows of one chunk; the
 // chunks' partial counts are summed in order by sum_chunks_kernel.
-__global__ void mask_count_kernel(const uint8_t* __restrict__ mask, int64_t rows,
-                                  int64_t cols, int64_t ld, int64_t chunk_rows,
-                                  int64_t* __restrict__ partial) {
+__global__ void mask_count_kernel(const uint8_t* __restrict__ mask, int64_t rows, int64_t cols,
+                                  int64_t ld, int64_t chunk_rows, int64_t* __restrict__ partial) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
@@ -207,8 +199,8 @@ bool cublaslt_disabled() {
 // TORCH_RELU_EXT_VERBOSE=1 says why cuBLASLt declined a call.
 bool declined(const char* why, int status) {
   if (env_flag("TORCH_RELU_EXT_VERBOSE")) {
-    TORCH_WARN("relu_ext::fused_linear_relu: cuBLASLt path declined at ", why,
-               " (cublasStatus ", status, "); using cuBLAS + fused epilogue");
+    TORCH_WARN("relu_ext::fused_linear_relu: cuBLASLt path declined at ", why, " (cublasStatus ",
+               status, "); using cuBLAS + fused epilogue");
   }
   return false;
 }
@@ -233,10 +225,10 @@ uint32_t alignment_of(const void* p) {
   return a;
 }
 
-#define LT_TRY(expr)                                                \
-  do {                                                              \
-    const cublasStatus_t st_ = (expr);                              \
-    if (st_ != CUBLAS_STATUS_SUCCESS) return declined(#expr, st_);  \
+#define LT_TRY(expr)                                               \
+  do {                                                             \
+    const cublasStatus_t st_ = (expr);                             \
+    if (st_ != CUBLAS_STATUS_SUCCESS) return declined(#expr, st_); \
   } while (0)
 
 // out[N, O] = relu(x[N, K] @ w[O, K]^T + bias) (+ mask) through one cuBLASLt
@@ -244,8 +236,8 @@ uint32_t alignment_of(const void* p) {
 // transposed and B = x (K x N, ld x.stride(0)). The epilogue's bias runs
 // along D's rows (out features); its bit mask has leading dimension `ld` bits.
 // Returns false, having written nothing that matters, when cuBLASLt declines.
-bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
-                      Tensor& out, Tensor* mask, int64_t ld) {
+bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& out,
+                      Tensor* mask, int64_t ld) {
   const int64_t n = x.size(0), k = x.size(1), o = w.size(0);
   if (n == 0 || k == 0 || o == 0 || cublaslt_disabled()) return false;
   if (x.stride(1) != 1 || !w.is_contiguous()) return declined("layout", 0);
@@ -253,17 +245,27 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
   cublasComputeType_t compute;
   cudaDataType_t scale_t = CUDA_R_32F;
   switch (x.scalar_type()) {
-    case at::kHalf: dt = CUDA_R_16F; compute = CUBLAS_COMPUTE_32F; break;
-    case at::kBFloat16: dt = CUDA_R_16BF; compute = CUBLAS_COMPUTE_32F; break;
+    case at::kHalf:
+      dt = CUDA_R_16F;
+      compute = CUBLAS_COMPUTE_32F;
+      break;
+    case at::kBFloat16:
+      dt = CUDA_R_16BF;
+      compute = CUBLAS_COMPUTE_32F;
+      break;
     case at::kFloat:
       dt = CUDA_R_32F;
       // Follow torch.backends.cuda.matmul.allow_tf32, as F.linear does.
-      compute = at::globalContext().allowTF32CuBLAS() ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                      : CUBLAS_COMPUTE_32F;
+      compute =
+          at::globalContext().allowTF32CuBLAS() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
       break;
     case at::kDouble:
-      dt = CUDA_R_64F; compute = CUBLAS_COMPUTE_64F; scale_t = CUDA_R_64F; break;
-    default: return declined("dtype", 0);
+      dt = CUDA_R_64F;
+      compute = CUBLAS_COMPUTE_64F;
+      scale_t = CUDA_R_64F;
+      break;
+    default:
+      return declined("dtype", 0);
   }
   LtDesc d;
   LT_TRY(cublasLtMatmulDescCreate(&d.desc, compute, scale_t));
@@ -280,13 +282,16 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
   LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
   if (has_bias) {
     const void* bp = bias.data_ptr();
-    LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
+    LT_TRY(
+        cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
   }
   if (mask != nullptr) {
     void* mp = mask->data_ptr();
     const int64_t ld_bits = ld;
-    LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mp, sizeof(mp)));
-    LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld_bits, sizeof(ld_bits)));
+    LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &mp,
+                                          sizeof(mp)));
+    LT_TRY(cublasLtMatmulDescSetAttribute(d.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld_bits,
+                                          sizeof(ld_bits)));
   }
   LT_TRY(cublasLtMatrixLayoutCreate(&d.a, dt, k, o, k));
   LT_TRY(cublasLtMatrixLayoutCreate(&d.b, dt, k, n, x.stride(0)));
@@ -295,34 +300,39 @@ bool cublaslt_forward(const Tensor& x, const Tensor& w, const Tensor& bias,
   const size_t ws_size = 32u << 20;
   Tensor workspace = at::empty({static_cast<int64_t>(ws_size)}, x.options().dtype(at::kByte));
   LT_TRY(cublasLtMatmulPreferenceCreate(&d.pref));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_size, sizeof(ws_size)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                              &ws_size, sizeof(ws_size)));
   const uint32_t al_a = alignment_of(w.data_ptr()), al_b = alignment_of(x.data_ptr()),
                  al_c = alignment_of(out.data_ptr());
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
-  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                              &al_a, sizeof(al_a)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                              &al_b, sizeof(al_b)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                              &al_c, sizeof(al_c)));
+  LT_TRY(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                              &al_c, sizeof(al_c)));
 
   cublasLtHandle_t handle = at::cuda::getCurrentCUDABlasLtHandle();
   cublasLtMatmulHeuristicResult_t heur = {};
   int found = 0;
-  LT_TRY(cublasLtMatmulAlgoGetHeuristic(handle, d.desc, d.a, d.b, d.c, d.c, d.pref, 1, &heur, &found));
+  LT_TRY(
+      cublasLtMatmulAlgoGetHeuristic(handle, d.desc, d.a, d.b, d.c, d.c, d.pref, 1, &heur, &found));
   if (found == 0) return declined("heuristic (no algorithm)", 0);
   const float alpha_f = 1.f, beta_f = 0.f;
   const double alpha_d = 1.0, beta_d = 0.0;
   const void* alpha = scale_t == CUDA_R_64F ? static_cast<const void*>(&alpha_d) : &alpha_f;
   const void* beta = scale_t == CUDA_R_64F ? static_cast<const void*>(&beta_d) : &beta_f;
   LT_TRY(cublasLtMatmul(handle, d.desc, alpha, w.data_ptr(), d.a, x.data_ptr(), d.b, beta,
-                        out.data_ptr(), d.c, out.data_ptr(), d.c, &heur.algo,
-                        workspace.data_ptr(), ws_size, at::cuda::getCurrentCUDAStream()));
+                        out.data_ptr(), d.c, out.data_ptr(), d.c, &heur.algo, workspace.data_ptr(),
+                        ws_size, at::cuda::getCurrentCUDAStream()));
   return true;
 }
 
 // ---------------------------------------------------------------------------
 
 template <bool kWithMask>
-std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
-                                        const Tensor& weight,
+std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, const Tensor& weight,
                                         const std::optional<Tensor>& bias_opt) {
   detail::check_linear_args(op, input, weight, bias_opt);
   c10::cuda::CUDAGuard guard(input.device());
@@ -347,16 +357,16 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input,
 
   if (!cublaslt_forward(x, w, bias, out, kWithMask ? &mask : nullptr, ld)) {
     at::mm_out(out, x, w.t());
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, out.scalar_type(),
-                                    "fused_linear_relu_cuda", [&] {
-      const int64_t warps = rows * (ld / 32);
-      bias_relu_mask_kernel<scalar_t, kWithMask>
-          <<<grid_for(warps * 32), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-              out.data_ptr<scalar_t>(), has_bias ? bias.data_ptr<scalar_t>() : nullptr,
-              rows, out_f, ld,
-              kWithMask ? reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>()) : nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kBFloat16, at::kHalf, out.scalar_type(), "fused_linear_relu_cuda", [&] {
+          const int64_t warps = rows * (ld / 32);
+          bias_relu_mask_kernel<scalar_t, kWithMask>
+              <<<grid_for(warps * 32), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                  out.data_ptr<scalar_t>(), has_bias ? bias.data_ptr<scalar_t>() : nullptr, rows,
+                  out_f, ld,
+                  kWithMask ? reinterpret_cast<uint32_t*>(mask.data_ptr<uint8_t>()) : nullptr);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
   }
   return {out.view(out_sizes), mask};
 }
@@ -366,15 +376,14 @@ Tensor fused_linear_relu_cuda(const Tensor& input, const Tensor& weight,
   return std::get<0>(forward_impl<false>("relu_ext::fused_linear_relu", input, weight, bias));
 }
 
-std::tuple<Tensor, Tensor> fused_linear_relu_forward_cuda(const Tensor& input,
-                                                          const Tensor& weight,
+std::tuple<Tensor, Tensor> fused_linear_relu_forward_cuda(const Tensor& input, const Tensor& weight,
                                                           const std::optional<Tensor>& bias) {
   return forward_impl<true>("relu_ext::fused_linear_relu_forward", input, weight, bias);
 }
 
 std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cuda(
-    const Tensor& grad_output, const Tensor& input, const Tensor& weight,
-    const Tensor& mask, std::array<bool, 3> output_mask) {
+    const Tensor& grad_output, const Tensor& input, const Tensor& weight, const Tensor& mask,
+    std::array<bool, 3> output_mask) {
   detail::check_linear_backward_args("relu_ext::fused_linear_relu_backward", grad_output, input,
                                      weight, mask);
   c10::cuda::CUDAGuard guard(input.device());
@@ -391,42 +400,46 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cuda(
   const int64_t chunk_rows = std::max<int64_t>(64, ceil_div(rows, 1024));
   const int64_t chunks = rows == 0 ? 0 : ceil_div(rows, chunk_rows);
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(),
-                                  "fused_linear_relu_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    Tensor partial;
-    if (output_mask[2] && chunks > 0) {
-      partial = at::empty({chunks, out_f}, g.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-    }
-    if (chunks > 0 && out_f > 0) {
-      const dim3 block(32, 8);
-      acc_t* part_p = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
-      const bool vec = out_f % 8 == 0 &&
-                       reinterpret_cast<uintptr_t>(g.data_ptr()) % (8 * sizeof(scalar_t)) == 0 &&
-                       reinterpret_cast<uintptr_t>(gm.data_ptr()) % (8 * sizeof(scalar_t)) == 0;
-      if (vec) {
-        const dim3 grid(static_cast<unsigned>(ceil_div(out_f, 256)), static_cast<unsigned>(chunks));
-        mask_grad_vec8_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
-            g.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), rows, out_f,
-            ld, chunk_rows, part_p);
-      } else {
-        const dim3 grid(static_cast<unsigned>(ceil_div(out_f, 32)), static_cast<unsigned>(chunks));
-        mask_grad_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
-            g.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), rows, out_f,
-            ld, chunk_rows, part_p);
-      }
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (output_mask[2]) {
-      if (chunks == 0) {
-        grad_bias.zero_();
-      } else if (out_f > 0) {
-        sum_chunks_kernel<scalar_t, acc_t><<<grid_for(out_f), kThreads, 0, stream>>>(
-            partial.data_ptr<acc_t>(), chunks, out_f, grad_bias.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    }
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        Tensor partial;
+        if (output_mask[2] && chunks > 0) {
+          partial =
+              at::empty({chunks, out_f}, g.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        }
+        if (chunks > 0 && out_f > 0) {
+          const dim3 block(32, 8);
+          acc_t* part_p = partial.defined() ? partial.data_ptr<acc_t>() : nullptr;
+          const bool vec =
+              out_f % 8 == 0 &&
+              reinterpret_cast<uintptr_t>(g.data_ptr()) % (8 * sizeof(scalar_t)) == 0 &&
+              reinterpret_cast<uintptr_t>(gm.data_ptr()) % (8 * sizeof(scalar_t)) == 0;
+          if (vec) {
+            const dim3 grid(static_cast<unsigned>(ceil_div(out_f, 256)),
+                            static_cast<unsigned>(chunks));
+            mask_grad_vec8_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
+                g.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), rows, out_f,
+                ld, chunk_rows, part_p);
+          } else {
+            const dim3 grid(static_cast<unsigned>(ceil_div(out_f, 32)),
+                            static_cast<unsigned>(chunks));
+            mask_grad_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
+                g.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), m.data_ptr<uint8_t>(), rows, out_f,
+                ld, chunk_rows, part_p);
+          }
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+        if (output_mask[2]) {
+          if (chunks == 0) {
+            grad_bias.zero_();
+          } else if (out_f > 0) {
+            sum_chunks_kernel<scalar_t, acc_t><<<grid_for(out_f), kThreads, 0, stream>>>(
+                partial.data_ptr<acc_t>(), chunks, out_f, grad_bias.data_ptr<scalar_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          }
+        }
+      });
   Tensor grad_input, grad_weight;
   if (output_mask[0]) grad_input = at::mm(gm, weight).view(input.sizes());
   if (output_mask[1]) grad_weight = at::mm(gm.t(), x);

@@ -4,8 +4,14 @@
 #include <Python.h>
 
 static struct PyModuleDef relu_ext_module = {
-    PyModuleDef_HEAD_INIT, "_C",
-    "torch-relu-ext operators; importing registers torch.ops.relu_ext.", -1,
-    nullptr, nullptr, nullptr, nullptr, nullptr};
+    PyModuleDef_HEAD_INIT,
+    "_C",
+    "torch-relu-ext operators; importing registers torch.ops.relu_ext.",
+    -1,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr,
+    nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&relu_ext_module); }

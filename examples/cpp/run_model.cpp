@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   double grad_params = 0;
   for (const auto& p : model.parameters()) grad_params += p.grad().abs().sum().item<double>();
   std::printf(
-      "{\"out_sum\": %.10g, \"out_abs_sum\": %.10g, \"out_00\": %.10g, \"grad_input_abs_sum\": %.10g, "
+      "{\"out_sum\": %.10g, \"out_abs_sum\": %.10g, \"out_00\": %.10g, \"grad_input_abs_sum\": "
+      "%.10g, "
       "\"grad_params_abs_sum\": %.10g}\n",
       y.sum().item<double>(), y.abs().sum().item<double>(), y.flatten()[0].item<double>(),
       x.grad().abs().sum().item<double>(), grad_params);

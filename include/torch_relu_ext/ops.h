@@ -28,9 +28,8 @@ std::tuple<at::Tensor, at::Tensor> fused_linear_relu_forward(
 // output_mask selects (grad_input, grad_weight, grad_bias); unselected ones
 // are returned undefined.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_relu_backward(
-    const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, const at::Tensor& mask,
-    std::array<bool, 3> output_mask);
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& mask, std::array<bool, 3> output_mask);
 
 // The packed mask expanded to a bool tensor of the given shape.
 at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size);
@@ -43,12 +42,12 @@ at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output);
 
 // F.prelu(input, weight) plus, per channel, the number of strictly positive
 // input elements (int64 [C]; C = input.size(1) for 2+ dims, else 1).
-std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input,
-                                              const at::Tensor& weight);
+std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input, const at::Tensor& weight);
 
 // (grad_input, grad_weight) of dead_prelu; output_mask selects which.
-std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(
-    const at::Tensor& grad_output, const at::Tensor& input,
-    const at::Tensor& weight, std::array<bool, 2> output_mask);
+std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(const at::Tensor& grad_output,
+                                                       const at::Tensor& input,
+                                                       const at::Tensor& weight,
+                                                       std::array<bool, 2> output_mask);
 
 }  // namespace torch_relu_ext

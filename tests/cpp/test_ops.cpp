@@ -48,7 +48,7 @@ TEST(Core, ElementMathMatchesPyTorchConventions) {
   EXPECT_TRUE(std::signbit(core::relu(-0.0f)));  // torch.relu(-0.0) == -0.0
   EXPECT_TRUE(std::isnan(core::relu(nan)));
   EXPECT_EQ(core::relu(-2.0f), 0.0f);
-  EXPECT_TRUE(core::relu_passes(nan));   // threshold_backward passes NaN
+  EXPECT_TRUE(core::relu_passes(nan));  // threshold_backward passes NaN
   EXPECT_FALSE(core::relu_passes(0.0f));
   EXPECT_FALSE(core::relu_passes(-0.0f));
   EXPECT_TRUE(core::relu_passes(1e-30f));
@@ -111,7 +111,8 @@ TEST(Ops, DoubleBackwardThroughCppAutograd) {
   auto x = at::randn({6, 4}, at::kDouble).requires_grad_();
   auto w = at::randn({3, 4}, at::kDouble).requires_grad_();
   auto y = torch_relu_ext::fused_linear_relu(x, w);
-  auto gx = torch::autograd::grad({y.sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  auto gx =
+      torch::autograd::grad({y.sum()}, {x}, {}, /*retain_graph=*/true, /*create_graph=*/true)[0];
   auto gw = torch::autograd::grad({gx.pow(2).sum()}, {w})[0];
   auto xr = x.detach().requires_grad_();
   auto wr = w.detach().requires_grad_();
@@ -178,7 +179,8 @@ TEST(Ops, KernelPathsAtSizesThatSplitWork) {
       auto grads = torch::autograd::grad({y.to(at::kFloat).sum()}, {x, w, b});
       EXPECT_EQ(grads.size(), 3u);
     }
-    for (auto shape : std::vector<std::vector<int64_t>>{{7}, {40000, 13}, {8, 7, 33, 35}, {2, 1, 30, 31}}) {
+    for (auto shape :
+         std::vector<std::vector<int64_t>>{{7}, {40000, 13}, {8, 7, 33, 35}, {2, 1, 30, 31}}) {
       auto x = at::randn(shape, opt);
       if (shape.size() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
       x.requires_grad_();
@@ -207,22 +209,55 @@ TEST(Ops, MalformedCallsThroughCppApi) {
     const char* word;
   };
   const std::vector<Case> cases = {
-      {"0-D input", [&] { torch_relu_ext::fused_linear_relu(at::randn({}), w, b); }, "fused_linear_relu", "input"},
-      {"1-D weight", [&] { torch_relu_ext::fused_linear_relu(x, at::randn({3}), b); }, "fused_linear_relu", "weight"},
-      {"in_features", [&] { torch_relu_ext::fused_linear_relu(at::randn({4, 2}), w, b); }, "fused_linear_relu", "in_features"},
-      {"bias size", [&] { torch_relu_ext::fused_linear_relu(x, w, at::randn({4})); }, "fused_linear_relu", "bias"},
-      {"int input", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kLong), w, b); }, "fused_linear_relu", "input"},
-      {"dtype mix", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kDouble), w, b); }, "fused_linear_relu", "weight"},
-      {"complex weight", [&] { torch_relu_ext::fused_linear_relu(x, w.to(at::kComplexFloat), b); }, "fused_linear_relu", "weight"},
-      {"sparse input", [&] { torch_relu_ext::fused_linear_relu(x.to_sparse(), w, b); }, "fused_linear_relu", "input"},
-      {"mask size", [&] { torch_relu_ext::fused_linear_relu_backward(at::randn({4, 5}), x, w, at::zeros({2}, at::kByte), {true, true, true}); }, "fused_linear_relu_backward", "mask"},
-      {"grad shape", [&] { torch_relu_ext::fused_linear_relu_backward(at::randn({4, 4}), x, w, mask, {true, true, true}); }, "fused_linear_relu_backward", "grad_output"},
-      {"prelu weight size", [&] { torch_relu_ext::dead_prelu(x, at::rand({2})); }, "dead_prelu", "weight"},
-      {"prelu 2-D weight", [&] { torch_relu_ext::dead_prelu(x, at::rand({1, 3})); }, "dead_prelu", "weight"},
-      {"prelu int input", [&] { torch_relu_ext::dead_prelu(x.to(at::kInt), at::rand({3})); }, "dead_prelu", "input"},
-      {"prelu bool weight", [&] { torch_relu_ext::dead_prelu(x, at::ones({3}, at::kBool)); }, "dead_prelu", "weight"},
-      {"prelu dtype mix", [&] { torch_relu_ext::dead_prelu(x, at::rand({3}, at::kDouble)); }, "dead_prelu", "weight"},
-      {"prelu backward grad", [&] { torch_relu_ext::dead_prelu_backward(at::randn({3, 4}), x, at::rand({3}), {true, true}); }, "dead_prelu_backward", "grad_output"},
+      {"0-D input", [&] { torch_relu_ext::fused_linear_relu(at::randn({}), w, b); },
+       "fused_linear_relu", "input"},
+      {"1-D weight", [&] { torch_relu_ext::fused_linear_relu(x, at::randn({3}), b); },
+       "fused_linear_relu", "weight"},
+      {"in_features",
+       [&] {
+         torch_relu_ext::fused_linear_relu(at::randn({4, 2}), w, b);
+       },
+       "fused_linear_relu", "in_features"},
+      {"bias size", [&] { torch_relu_ext::fused_linear_relu(x, w, at::randn({4})); },
+       "fused_linear_relu", "bias"},
+      {"int input", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kLong), w, b); },
+       "fused_linear_relu", "input"},
+      {"dtype mix", [&] { torch_relu_ext::fused_linear_relu(x.to(at::kDouble), w, b); },
+       "fused_linear_relu", "weight"},
+      {"complex weight", [&] { torch_relu_ext::fused_linear_relu(x, w.to(at::kComplexFloat), b); },
+       "fused_linear_relu", "weight"},
+      {"sparse input", [&] { torch_relu_ext::fused_linear_relu(x.to_sparse(), w, b); },
+       "fused_linear_relu", "input"},
+      {"mask size",
+       [&] {
+         torch_relu_ext::fused_linear_relu_backward(at::randn({4, 5}), x, w,
+                                                    at::zeros({2}, at::kByte), {true, true, true});
+       },
+       "fused_linear_relu_backward", "mask"},
+      {"grad shape",
+       [&] {
+         torch_relu_ext::fused_linear_relu_backward(at::randn({4, 4}), x, w, mask,
+                                                    {true, true, true});
+       },
+       "fused_linear_relu_backward", "grad_output"},
+      {"prelu weight size", [&] { torch_relu_ext::dead_prelu(x, at::rand({2})); }, "dead_prelu",
+       "weight"},
+      {"prelu 2-D weight",
+       [&] {
+         torch_relu_ext::dead_prelu(x, at::rand({1, 3}));
+       },
+       "dead_prelu", "weight"},
+      {"prelu int input", [&] { torch_relu_ext::dead_prelu(x.to(at::kInt), at::rand({3})); },
+       "dead_prelu", "input"},
+      {"prelu bool weight", [&] { torch_relu_ext::dead_prelu(x, at::ones({3}, at::kBool)); },
+       "dead_prelu", "weight"},
+      {"prelu dtype mix", [&] { torch_relu_ext::dead_prelu(x, at::rand({3}, at::kDouble)); },
+       "dead_prelu", "weight"},
+      {"prelu backward grad",
+       [&] {
+         torch_relu_ext::dead_prelu_backward(at::randn({3, 4}), x, at::rand({3}), {true, true});
+       },
+       "dead_prelu_backward", "grad_output"},
   };
   for (const auto& c : cases) {
     try {
@@ -230,7 +265,8 @@ TEST(Ops, MalformedCallsThroughCppApi) {
       ADD_FAILURE() << c.name << ": no error";
     } catch (const c10::Error& e) {
       const std::string msg = e.what();
-      EXPECT_NE(msg.find(std::string("relu_ext::") + c.op), std::string::npos) << c.name << ": " << msg;
+      EXPECT_NE(msg.find(std::string("relu_ext::") + c.op), std::string::npos)
+          << c.name << ": " << msg;
       EXPECT_NE(msg.find(c.word), std::string::npos) << c.name << ": " << msg;
     }
   }
