@@ -70,6 +70,12 @@ build() {
     log "BUILD FAILED (exit $rc); full log: build/build.log"
     exit "$rc"
   fi
+  # Zero compiler warnings (-Wall -Wextra) in the project's own files; ccache
+  # replays them, so a fresh clone checks every file.
+  if grep -E "(csrc|include)/[^ ]*: warning:" build/build.log; then
+    log "compiler warnings in the project's files (above)"
+    exit 1
+  fi
 }
 
 # The package is built in place: the repository root is on the import path.
