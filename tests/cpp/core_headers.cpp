@@ -7,11 +7,11 @@
 
 namespace torch_relu_ext::cpu {
 template void bias_relu_mask_block<float, float, true>(float*, const float*, int64_t, int64_t,
-                                                        uint8_t*);
-template void bias_relu_mask_block<double, double, false>(double*, const double*, int64_t,
-                                                           int64_t, uint8_t*);
-template void mask_grad_block<float, double>(const float*, float*, const uint8_t*, int64_t,
-                                             int64_t, int64_t, double*);
+                                                       uint8_t*);
+template void bias_relu_mask_block<double, double, false>(double*, const double*, int64_t, int64_t,
+                                                          uint8_t*);
+template void mask_grad_block<float, double>(const float*, float*, const uint8_t*, int64_t, int64_t,
+                                             int64_t, double*);
 template void prelu_forward_rows<float, float>(const float*, float*, const float*, bool, int64_t,
                                                int64_t, int64_t*, int32_t*);
 template void prelu_forward_flat<float, float>(const float*, float*, const float*, bool, int64_t,
