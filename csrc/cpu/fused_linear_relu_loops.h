@@ -57,30 +57,54 @@ void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols, uin
   }
 }
 
+// Unsigned integer of a given byte size (the bit pattern of a T).
+template <size_t N>
+struct UIntOfSize;
+template <>
+struct UIntOfSize<2> {
+  using type = uint16_t;
+};
+template <>
+struct UIntOfSize<4> {
+  using type = uint32_t;
+};
+template <>
+struct UIntOfSize<8> {
+  using type = uint64_t;
+};
+
 // grad_masked = mask ? grad : 0 on a contiguous (rows, cols) block whose first
 // element has flat index e0 (a multiple of 8) in the mask. When bias_acc is not
 // null, adds each column's sum of grad_masked to bias_acc[col].
+// The mask bits are first widened to all-ones/all-zeros words of T's size, so
+// the select is a bitwise AND that vectorizes without widening bytes (an
+// AND with 0 gives +0.0, as the select did, NaN included).
 template <typename T, typename Red>
 void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask, int64_t e0, int64_t rows,
                      int64_t cols, Red* bias_acc) {
+  using U = typename UIntOfSize<sizeof(T)>::type;
   const int64_t n = rows * cols;
-  alignas(64) uint64_t words[kMaskChunk / 8];
-  const auto* flags = reinterpret_cast<const uint8_t*>(words);
+  alignas(64) U keep[kMaskChunk];
   const uint8_t* m = mask + e0 / 8;
   int64_t col = 0;
   for (int64_t e = 0; e < n; e += kMaskChunk) {
     const int64_t len = std::min(kMaskChunk, n - e);
     const int64_t nbytes = (len + 7) / 8;
-    for (int64_t k = 0; k < nbytes; ++k) words[k] = core::unpack8(m[e / 8 + k]);
+    for (int64_t k = 0; k < nbytes; ++k) {
+      const unsigned byte = m[e / 8 + k];
+      for (int bit = 0; bit < 8; ++bit)
+        keep[8 * k + bit] = static_cast<U>(U(0) - static_cast<U>((byte >> bit) & 1u));
+    }
     for (int64_t i = 0; i < len;) {
       const int64_t seg = std::min(len - i, cols - col);
       const T* g = grad + e + i;
       T* o = grad_masked + e + i;
-      const uint8_t* f = flags + i;
-      // Unconditional load, then a select: the loop vectorizes.
+      const U* kp = keep + i;
       for (int64_t j = 0; j < seg; ++j) {
-        const T gv = g[j];
-        o[j] = f[j] ? gv : T(0);
+        U bits;
+        std::memcpy(&bits, g + j, sizeof(T));
+        bits &= kp[j];
+        std::memcpy(o + j, &bits, sizeof(T));
       }
       if (bias_acc != nullptr) {
         Red* b = bias_acc + col;
