@@ -42,6 +42,7 @@ SOURCES = (
     + rel("csrc/cpu/*.cpp")
     + rel("csrc/autograd/*.cpp")
     + rel("csrc/autocast/*.cpp")
+    + rel("csrc/composite/*.cpp")
     + rel("csrc/python/*.cpp")
 )
 HEADERS = rel("csrc/**/*.h") + rel("include/**/*.h")

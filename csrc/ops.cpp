@@ -23,6 +23,12 @@ TORCH_LIBRARY(relu_ext, m) {
   m.def("relu_mask_unpack(Tensor mask, SymInt[] size) -> Tensor");
   // `output` gives the (*, out_features) shape only; its data is not read.
   m.def("relu_mask_count(Tensor mask, Tensor output) -> Tensor");
+  // In place: ema = first batch ? counts / elements
+  //                       : (1 - momentum) * ema + momentum * counts / elements,
+  // then num_batches_tracked += 1. The modules' statistics step, in one call.
+  m.def(
+      "dead_stats_update_(Tensor(a!) ema, Tensor(b!) num_batches_tracked, Tensor counts, "
+      "SymInt elements, float momentum) -> ()");
   m.def(
       "dead_prelu(Tensor input, Tensor weight) "
       "-> (Tensor output, Tensor active_count)");

@@ -128,3 +128,10 @@ def test_opcheck(op, args):
 def test_opcheck_cuda():
     for op, args in opcheck_samples("cuda"):
         torch.library.opcheck(op, args)
+
+
+def test_opcheck_dead_stats_update():
+    ema = torch.rand(5)
+    nbt = torch.tensor(3)
+    counts = torch.randint(0, 10, (5,))
+    torch.library.opcheck(ops.dead_stats_update_.default, (ema, nbt, counts, 10, 0.1))

@@ -237,3 +237,14 @@ def test_modules_with_stats_still_compile_and_script():
     for b in (3, 7):
         compiled(torch.randn(b, 4))
     assert int(model[0].num_batches_tracked) == 3 and int(model[1].num_batches_tracked) == 3
+
+
+def test_dead_stats_update_op():
+    ema = torch.tensor([0.5, 0.2])
+    nbt = torch.tensor(0)
+    ops.dead_stats_update_(ema, nbt, torch.tensor([3, 0]), 4, 0.1)
+    assert ema.tolist() == pytest.approx([0.75, 0.0]) and int(nbt) == 1  # first batch: set
+    ops.dead_stats_update_(ema, nbt, torch.tensor([4, 4]), 4, 0.1)
+    assert ema.tolist() == pytest.approx([0.775, 0.1]) and int(nbt) == 2  # then the EMA step
+    with pytest.raises(RuntimeError, match="relu_ext::dead_stats_update_.*momentum"):
+        ops.dead_stats_update_(ema, nbt, torch.tensor([1, 1]), 4, 1.5)

@@ -122,11 +122,10 @@ class FusedLinearReLU(nn.Linear, _DeadStats):
             rows = out.numel() // max(self.out_features, 1)
             if rows > 0:
                 counts = torch.ops.relu_ext.relu_mask_count(mask, out)
-                _ema_(self.active_ema, counts.float() / rows, self.num_batches_tracked, self.momentum)
                 if self.track_dormant:
                     mean_abs = out.detach().reshape(rows, self.out_features).abs().float().mean(0)
                     _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
-                self.num_batches_tracked.add_(1)
+                torch.ops.relu_ext.dead_stats_update_(self.active_ema, self.num_batches_tracked, counts, rows, self.momentum)
             return out
         return torch.ops.relu_ext.fused_linear_relu(input, self.weight, self.bias)
 
@@ -171,9 +170,8 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
         if self.training and self.track_dead_stats and not torch.jit.is_tracing() and input.numel() > 0:
             units = self.active_ema.shape[0]
             channels = counts.shape[0]
-            per_channel = input.numel() // channels
             if units == 1 and channels != 1:
-                frac = counts.sum().reshape(1).float() / input.numel()
+                counts, elements = counts.sum().reshape(1), input.numel()
             else:
                 if channels != units:
                     raise RuntimeError(
@@ -182,8 +180,7 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
                         + " channels (num_channels) but the input has "
                         + str(channels)
                     )
-                frac = counts.float() / per_channel
-            _ema_(self.active_ema, frac, self.num_batches_tracked, self.momentum)
+                elements = input.numel() // channels
             if self.track_dormant:
                 a = out.detach().abs().float()
                 if input.dim() >= 2 and units != 1:
@@ -191,5 +188,5 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
                 else:
                     mean_abs = a.mean().reshape(1)
                 _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
-            self.num_batches_tracked.add_(1)
+            torch.ops.relu_ext.dead_stats_update_(self.active_ema, self.num_batches_tracked, counts, elements, self.momentum)
         return out
