@@ -229,3 +229,25 @@ def test_cuda_mask_count(path):
         clear = (pre.abs() > 1e-4).all(0)
         counts = ops.relu_mask_count(mask, out)
         assert torch.equal(counts[clear], (pre > 0).sum(0)[clear])
+
+
+@gpu
+def test_cuda_module_statistics_match_cpu():
+    from torch import nn
+
+    from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
+
+    torch.manual_seed(0)
+    cpu = nn.Sequential(FusedLinearReLU(12, 130), DeadAwarePReLU(130))
+    with torch.no_grad():
+        cpu[0].bias[:5] = -100.0
+    gpu_model = nn.Sequential(FusedLinearReLU(12, 130), DeadAwarePReLU(130)).cuda()
+    gpu_model.load_state_dict(cpu.state_dict())
+    for batch in (64, 33):
+        x = torch.randn(batch, 12)
+        cpu(x)
+        gpu_model(x.cuda())
+    for a, b in zip(cpu, gpu_model):
+        torch.testing.assert_close(b.active_ema.cpu(), a.active_ema, rtol=1e-5, atol=1e-5)
+        assert int(b.num_batches_tracked) == 2
+    assert gpu_model[0].dead_mask()[:5].all()
