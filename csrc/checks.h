@@ -44,6 +44,10 @@ inline at::Tensor as_rows_symint(const at::Tensor& t) {
   return t.reshape_symint({rows, sizes.back()});
 }
 
+void check_dead_stats_args(const char* op, const at::Tensor& ema,
+                           const at::Tensor& num_batches_tracked, const at::Tensor& counts,
+                           double momentum);
+
 // Channels of a PReLU input: size(1) for 2+ dims, else 1.
 int64_t prelu_channels(const at::Tensor& input);
 

@@ -182,6 +182,19 @@ void check_mask_unpack_args(const char* op, const at::Tensor& mask, int64_t rows
               mask.sizes());
 }
 
+void check_dead_stats_args(const char* op, const at::Tensor& ema,
+                           const at::Tensor& num_batches_tracked, const at::Tensor& counts,
+                           double momentum) {
+  TORCH_CHECK(momentum > 0.0 && momentum <= 1.0, op, ": expected momentum in (0, 1], but got ",
+              momentum);
+  TORCH_CHECK(counts.sizes() == ema.sizes(), op,
+              ": expected argument 'counts' to have the shape of 'ema' ", ema.sizes(), ", but got ",
+              counts.sizes());
+  TORCH_CHECK(num_batches_tracked.numel() == 1, op,
+              ": expected argument 'num_batches_tracked' to have one element, but got ",
+              num_batches_tracked.numel());
+}
+
 int64_t prelu_channels(const at::Tensor& input) { return input.dim() >= 2 ? input.size(1) : 1; }
 
 PreluLayout prelu_layout(const at::Tensor& input) {
