@@ -45,7 +45,7 @@ SOURCES = (
     + rel("csrc/composite/*.cpp")
     + rel("csrc/python/*.cpp")
 )
-HEADERS = rel("csrc/**/*.h") + rel("include/**/*.h")
+HEADERS = rel("csrc/**/*.h") + rel("csrc/**/*.cuh") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.
 # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers

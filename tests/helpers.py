@@ -1,5 +1,7 @@
 """Shared helpers: tolerances and float64 references."""
 
+import socket
+
 import torch
 
 # Bound on |computed - exact| as a multiple of the magnitude bound
@@ -48,3 +50,10 @@ def mask_bytes(rows, out_features, device):
     rounded up to a multiple of 128 on CUDA (cuBLASLt's rule)."""
     ld = (out_features + 127) // 128 * 128 if torch.device(device).type == "cuda" else out_features
     return (rows * ld + 7) // 8
+
+
+def free_port():
+    """A free TCP port on loopback for a torch.distributed rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

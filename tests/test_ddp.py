@@ -2,11 +2,10 @@
 gradients and parameters on both ranks equal a single-process run on the
 concatenated batch."""
 
-import socket
-
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from torch import nn
 
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
@@ -49,9 +48,7 @@ def _worker(rank, world, port, out):
 
 
 def test_ddp_two_ranks_equal_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "ddp")
     mp.spawn(_worker, args=(2, port, out), nprocs=2, join=True)
     ref_grads, ref_params = train(make_model(), batches())

@@ -1,10 +1,9 @@
 """Dead-neuron statistics, report, revival and distributed sync."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import free_port
 from torch import nn
 
 from torch_relu_ext import dead_neuron_report, revive_dead_, sync_dead_stats
@@ -179,12 +178,6 @@ def test_revive_never_touches_output_layer_and_resets_collapsed_slopes():
     assert model[1].weight.tolist() == pytest.approx([0.25, 0.3, 0.25, 0.2])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out_path):
     import torch.distributed as dist
 
@@ -212,7 +205,7 @@ def _ddp_worker(rank, world, port, out_path):
 
 def test_sync_dead_stats_two_processes(tmp_path):
     out = str(tmp_path / "rank")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), out), nprocs=2, join=True)
     r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
     assert not torch.equal(r0["before"], r1["before"])  # the ranks disagreed
     assert torch.equal(r0["after"], r1["after"])  # now they agree

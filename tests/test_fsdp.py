@@ -1,12 +1,11 @@
 """FSDP2 (fully_shard) on CPU with gloo: a model with both modules trains
 sharded over two processes with the gradients of a single-process run."""
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from torch import nn
 
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
@@ -44,9 +43,7 @@ def _worker(rank, port, out):
 
 
 def test_fsdp2_two_ranks_match_single_process(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = str(tmp_path / "fsdp")
     mp.spawn(_worker, args=(port, out), nprocs=2, join=True)
     model = make_model()

@@ -24,6 +24,7 @@
 
 #include "../checks.h"
 #include "../core/relu_math.h"
+#include "chunked_sum.cuh"
 
 namespace torch_relu_ext::cuda {
 namespace {
@@ -34,8 +35,6 @@ constexpr int kRunThreads = 256;
 constexpr int64_t kChunkElems = 16384;  // plane elements per block, at least
 constexpr int64_t kChunkRows = 256;     // rows per block on the rows path
 constexpr int64_t kMaxChunks = 1024;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 using Layout = detail::PreluLayout;
 
@@ -254,17 +253,6 @@ __global__ void prelu_rows_vec_kernel(const T* __restrict__ x, const T* __restri
   }
 }
 
-template <typename acc_t, typename out_t>
-__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks, int64_t C,
-                                  out_t* __restrict__ out) {
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < C;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t s = 0;
-    for (int64_t k = 0; k < chunks; ++k) s += partial[k * C + c];
-    out[c] = static_cast<out_t>(s);
-  }
-}
-
 // Launches the forward (kBackward false: y, counts) or the backward (gi, gw).
 template <bool kBackward>
 void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi, Tensor* counts,
@@ -283,17 +271,14 @@ void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi, 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
+        // The backward always reduces grad_weight partials (into scratch when
+        // grad_weight is not wanted, which is cheap) so one kernel serves both.
         Tensor gw_part, cnt_part;
-        if (kBackward && grad_weight != nullptr) {
+        if (kBackward) {
           gw_part =
               at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
-        }
-        if (!kBackward) cnt_part = at::empty({P, l.C}, l.x.options().dtype(at::kLong));
-        // Without a grad_weight, the backward still runs the reduction into a
-        // scratch buffer (cheap) so one kernel serves both.
-        if (kBackward && !gw_part.defined()) {
-          gw_part =
-              at::empty({P, l.C}, l.x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+        } else {
+          cnt_part = at::empty({P, l.C}, l.x.options().dtype(at::kLong));
         }
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         const scalar_t* g_p = kBackward ? g.data_ptr<scalar_t>() : nullptr;
@@ -327,14 +312,13 @@ void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi, 
           }
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-        const int sum_grid =
-            static_cast<int>(std::min<int64_t>(ceil_div(std::max<int64_t>(l.C, 1), 256), 65535));
+        const int sum_grid = grid_for(l.C);
         if (!kBackward && counts != nullptr && l.C > 0) {
           if (numel == 0) {
             counts->zero_();
           } else {
             sum_chunks_kernel<int64_t, int64_t>
-                <<<sum_grid, 256, 0, stream>>>(cnt_p, P, l.C, counts->data_ptr<int64_t>());
+                <<<sum_grid, kThreads, 0, stream>>>(cnt_p, P, l.C, counts->data_ptr<int64_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
         }
@@ -344,12 +328,12 @@ void launch(const Layout& l, const Tensor& g, const Tensor& w, Tensor& y_or_gi, 
           } else if (w_scalar) {
             Tensor per_channel = at::empty({l.C}, gw_part.options());
             sum_chunks_kernel<acc_t, acc_t>
-                <<<sum_grid, 256, 0, stream>>>(gw_p, P, l.C, per_channel.data_ptr<acc_t>());
+                <<<sum_grid, kThreads, 0, stream>>>(gw_p, P, l.C, per_channel.data_ptr<acc_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
             grad_weight->copy_(per_channel.sum().reshape(grad_weight->sizes()));
           } else {
-            sum_chunks_kernel<acc_t, scalar_t>
-                <<<sum_grid, 256, 0, stream>>>(gw_p, P, l.C, grad_weight->data_ptr<scalar_t>());
+            sum_chunks_kernel<acc_t, scalar_t><<<sum_grid, kThreads, 0, stream>>>(
+                gw_p, P, l.C, grad_weight->data_ptr<scalar_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
         }

@@ -27,21 +27,12 @@
 #include "../checks.h"
 #include "../core/relu_mask.h"
 #include "../core/relu_math.h"
+#include "chunked_sum.cuh"
 
 namespace torch_relu_ext::cuda {
 namespace {
 
 using at::Tensor;
-
-constexpr int kThreads = 256;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-int grid_for(int64_t work, int per_block = kThreads) {
-  const int64_t blocks = ceil_div(std::max<int64_t>(work, 1), per_block);
-  // Grid-stride loops cover the rest; 64 waves of 132 SMs is plenty.
-  return static_cast<int>(std::min<int64_t>(blocks, 65535));
-}
 
 // ---------------------------------------------------------------------------
 // Fallback epilogue: out = relu(out + bias) in place, mask bits by warp ballot.
@@ -141,18 +132,6 @@ __global__ void mask_grad_vec8_kernel(const T* __restrict__ grad, T* __restrict_
       for (int i = 0; i < 8; ++i) total += sums[i][threadIdx.x * 8 + j];  // fixed order
       partial[static_cast<int64_t>(blockIdx.y) * cols + c0 + j] = total;
     }
-  }
-}
-
-// Backward, stage 2: out[c] = sum over chunks of partial[chunk][c], in order.
-template <typename T, typename acc_t>
-__global__ void sum_chunks_kernel(const acc_t* __restrict__ partial, int64_t chunks, int64_t cols,
-                                  T* __restrict__ out) {
-  for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < cols;
-       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    acc_t s = 0;
-    for (int64_t k = 0; k < chunks; ++k) s += partial[k * cols + c];
-    out[c] = static_cast<T>(s);
   }
 }
 
@@ -434,7 +413,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cuda(
           if (chunks == 0) {
             grad_bias.zero_();
           } else if (out_f > 0) {
-            sum_chunks_kernel<scalar_t, acc_t><<<grid_for(out_f), kThreads, 0, stream>>>(
+            sum_chunks_kernel<acc_t, scalar_t><<<grid_for(out_f), kThreads, 0, stream>>>(
                 partial.data_ptr<acc_t>(), chunks, out_f, grad_bias.data_ptr<scalar_t>());
             C10_CUDA_KERNEL_LAUNCH_CHECK();
           }
