@@ -48,10 +48,13 @@ SOURCES = (
 HEADERS = rel("csrc/**/*.h") + rel("csrc/**/*.cuh") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.
+# -ffp-contract=off: no fused multiply-adds the source did not write, so the
+# loops built for each instruction set (csrc/cpu/loops.h) give bitwise the
+# same results.
 # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers
 # (torch's wheels use the OpenMP backend): compiled without it, every kernel
 # here ran on one thread (measured: 98% of samples on the main thread).
-CXX_FLAGS = ["-O3", "-fno-trapping-math", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+CXX_FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 LINK_FLAGS = ["-fopenmp"]
 if os.environ.get("TORCH_RELU_EXT_SANITIZE", "0") not in ("", "0"):
     # ASan + UBSan for the project's C++ (CPU-only build; see the README for

@@ -5,7 +5,6 @@
 // place as an [A, C, B] array; only non-dense views are copied first. The
 // output takes the input's strides, as F.prelu's does.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -18,7 +17,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "dead_prelu_loops.h"
+#include "loops.h"
 
 namespace torch_relu_ext::cpu {
 namespace {
@@ -51,7 +50,7 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         scalar_t* y_p = out.data_ptr<scalar_t>();
         const scalar_t* w_p = w.data_ptr<scalar_t>();
@@ -71,11 +70,11 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
               std::vector<int32_t> scratch(l.C);
               for (int64_t r0 = u0; r0 < u1; r0 += INT32_MAX) {
                 const int64_t r1 = std::min<int64_t>(u1, r0 + INT32_MAX);
-                prelu_forward_rows<scalar_t, acc_t>(x_p + r0 * l.C, y_p + r0 * l.C, w_p, w_scalar,
-                                                    r1 - r0, l.C, cnt, scratch.data());
+                loops_t.prelu_forward_rows(x_p + r0 * l.C, y_p + r0 * l.C, w_p, w_scalar, r1 - r0,
+                                           l.C, cnt, scratch.data());
               }
             } else {
-              prelu_forward_flat<scalar_t, acc_t>(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
+              loops_t.prelu_forward_flat(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
             }
           }
         });
@@ -105,7 +104,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(const Tensor& grad_output, co
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_backward_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         const scalar_t* g_p = g.data_ptr<scalar_t>();
         const scalar_t* w_p = w.data_ptr<scalar_t>();
@@ -123,12 +122,10 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(const Tensor& grad_output, co
               if (u0 >= u1) continue;
               double* gw = output_mask[1] ? partial.data() + c * l.C : nullptr;
               if (rows_path) {
-                prelu_backward_rows<scalar_t, acc_t, double>(x_p + u0 * l.C, g_p + u0 * l.C, w_p,
-                                                             w_scalar, u1 - u0, l.C,
-                                                             gi_p ? gi_p + u0 * l.C : nullptr, gw);
+                loops_t.prelu_backward_rows(x_p + u0 * l.C, g_p + u0 * l.C, w_p, w_scalar, u1 - u0,
+                                            l.C, gi_p ? gi_p + u0 * l.C : nullptr, gw);
               } else {
-                prelu_backward_flat<scalar_t, acc_t, double>(x_p, g_p, w_p, w_scalar, u0, u1, l.C,
-                                                             l.B, gi_p, gw);
+                loops_t.prelu_backward_flat(x_p, g_p, w_p, w_scalar, u0, u1, l.C, l.B, gi_p, gw);
               }
             }
           });

@@ -14,8 +14,9 @@
 #include <vector>
 
 #include "../core/relu_math.h"
+#include "loops_isa.h"
 
-namespace torch_relu_ext::cpu {
+namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 
 // Sub-run length for reductions inside one channel run: short enough for
 // 32-bit counters and for float lane sums to stay accurate.
@@ -25,8 +26,9 @@ constexpr int kLanes = 8;
 // `counts32` is caller scratch of C int32 counters: 32-bit lanes vectorize
 // (int64 per-element increments did not); at most 2^31 - 1 rows per call.
 template <typename T, typename Acc>
-void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar, int64_t rows, int64_t C,
-                        int64_t* counts, int32_t* counts32) {
+RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
+                                            int64_t rows, int64_t C, int64_t* counts,
+                                            int32_t* counts32) {
   for (int64_t c = 0; c < C; ++c) counts32[c] = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * C;
@@ -51,8 +53,8 @@ void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar, int64_t row
 
 // Elements [e0, e1) of the flat [A, C, B] array.
 template <typename T, typename Acc>
-void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar, int64_t e0, int64_t e1,
-                        int64_t C, int64_t B, int64_t* counts) {
+RELU_EXT_CPU_TARGET void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar, int64_t e0,
+                                            int64_t e1, int64_t C, int64_t B, int64_t* counts) {
   for (int64_t e = e0; e < e1;) {
     const int64_t run = e / B;
     const int64_t c = run % C;
@@ -77,8 +79,8 @@ void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar, int64_t e0,
 }
 
 template <typename T, typename Acc, typename Red>
-void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar, int64_t rows, int64_t C,
-                         T* gi, Red* gw) {
+RELU_EXT_CPU_TARGET void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
+                                             int64_t rows, int64_t C, T* gi, Red* gw) {
   // Per-channel float sums over blocks of rows, flushed to Red: the inner
   // loops are plain vectorizable selects and adds over the C channels.
   constexpr int64_t kBlock = 256;
@@ -112,8 +114,9 @@ void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar, int6
 }
 
 template <typename T, typename Acc, typename Red>
-void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar, int64_t e0, int64_t e1,
-                         int64_t C, int64_t B, T* gi, Red* gw) {
+RELU_EXT_CPU_TARGET void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar,
+                                             int64_t e0, int64_t e1, int64_t C, int64_t B, T* gi,
+                                             Red* gw) {
   for (int64_t e = e0; e < e1;) {
     const int64_t run = e / B;
     const int64_t c = run % C;
@@ -151,4 +154,4 @@ void prelu_backward_flat(const T* x, const T* g, const T* w, bool w_scalar, int6
   }
 }
 
-}  // namespace torch_relu_ext::cpu
+}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA

@@ -5,7 +5,6 @@
 // writes the block, then bias + ReLU + mask packing run over it while it is
 // still in cache. No second output-sized buffer, no separate pass over memory.
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -17,7 +16,8 @@
 #include <vector>
 
 #include "../checks.h"
-#include "fused_linear_relu_loops.h"
+#include "../core/relu_mask.h"
+#include "loops.h"
 
 namespace torch_relu_ext::cpu {
 namespace {
@@ -66,7 +66,8 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, con
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, out.scalar_type(), "fused_linear_relu_cpu", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
+        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
+        const auto epilogue_fn = kWithMask ? loops_t.bias_relu_mask : loops_t.bias_relu;
         scalar_t* out_p = out.data_ptr<scalar_t>();
         const scalar_t* bias_p = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
         uint8_t* mask_p = kWithMask ? mask.data_ptr<uint8_t>() : nullptr;
@@ -74,9 +75,8 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, con
         const int64_t nblocks = (rows + brows - 1) / brows;
 
         auto epilogue = [&](int64_t r0, int64_t r1) {
-          bias_relu_mask_block<scalar_t, acc_t, kWithMask>(
-              out_p + r0 * out_f, bias_p, r1 - r0, out_f,
-              kWithMask ? mask_p + (r0 * out_f) / 8 : nullptr);
+          epilogue_fn(out_p + r0 * out_f, bias_p, r1 - r0, out_f,
+                      kWithMask ? mask_p + (r0 * out_f) / 8 : nullptr);
         };
         auto product = [&](int64_t r0, int64_t r1) {
           Tensor block = out.narrow(0, r0, r1 - r0);
@@ -108,6 +108,22 @@ std::tuple<Tensor, Tensor> fused_linear_relu_forward_cpu(const Tensor& input, co
   return forward_impl<true>("relu_ext::fused_linear_relu_forward", input, weight, bias);
 }
 
+// Backward, one row block at a time: the masked gradient of a block (mask ?
+// grad_output : 0, plus its column sums for the bias gradient) is written to a
+// block-sized buffer that is reused, and the two products consume it while it
+// is still in cache: grad_input's rows of the block, and the block's term of
+// grad_weight (accumulated in block order). No output-sized temporary: for
+// large layers its allocation (page faults on fresh memory) cost as much as
+// the products. 16-bit types keep one full masked gradient and one product for
+// grad_weight, so that grad_weight is rounded once (as in eager) rather than
+// once per block.
+//
+// Determinism: block and chunk sizes depend only on the shape (never on the
+// thread count), partial bias sums are taken per chunk in double and added in
+// chunk order, and the grad_weight terms are added in block order.
+constexpr int64_t kBackwardBlockBytes = 4 * 1024 * 1024;
+constexpr int64_t kBiasChunks = 16;  // per block
+
 std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& grad_output,
                                                                   const Tensor& input,
                                                                   const Tensor& weight,
@@ -116,53 +132,91 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
   detail::check_linear_backward_args("relu_ext::fused_linear_relu_backward", grad_output, input,
                                      weight, mask);
   const int64_t out_f = weight.size(0);
+  const int64_t in_f = weight.size(1);
   const Tensor x = detail::as_rows(input);
   const Tensor g = detail::as_rows(grad_output).contiguous();
   const Tensor m = mask.contiguous();
   const int64_t rows = x.size(0);
+  const bool want_gm = output_mask[0] || output_mask[1];
+  const bool half = at::isReducedFloatingType(g.scalar_type());
 
-  Tensor gm = at::empty({rows, out_f}, g.options());
-  Tensor grad_bias;
+  Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty({rows, in_f}, g.options());
+  if (output_mask[1]) grad_weight = at::empty({out_f, in_f}, weight.options());
   if (output_mask[2]) grad_bias = at::empty({out_f}, weight.options());
+  if (!want_gm && !output_mask[2]) return {};
+  if (rows == 0 || out_f == 0) {
+    // Nothing flows back: every gradient is zero (or empty).
+    if (grad_input.defined()) grad_input.zero_();
+    if (grad_weight.defined()) grad_weight.zero_();
+    if (grad_bias.defined()) grad_bias.zero_();
+    return {output_mask[0] ? grad_input.view(input.sizes()) : Tensor(), grad_weight, grad_bias};
+  }
 
-  // Fixed row chunks (a multiple of 8 rows, at most 64 chunks) whatever the
-  // thread count, summed in chunk order: the bias gradient is bitwise
-  // reproducible.
-  const int64_t numel = rows * out_f;
-  const int64_t nchunks = std::clamp<int64_t>(numel / 65536, 1, 64);
-  const int64_t chunk_rows = std::max<int64_t>(8, round_up8((rows + nchunks - 1) / nchunks));
-  const int64_t used_chunks = rows == 0 ? 0 : (rows + chunk_rows - 1) / chunk_rows;
+  // Rows per block: a multiple of 8 (blocks start on mask bytes).
+  const int64_t brows =
+      half ? rows
+           : std::min(rows, round_up8(std::max(kMinBlockRows,
+                                               kBackwardBlockBytes / (out_f * g.element_size()))));
+  const int64_t nblocks = (rows + brows - 1) / brows;
+  Tensor gm;
+  if (want_gm) gm = at::empty({brows, out_f}, g.options());
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu", [&] {
-        std::vector<double> partial;
-        if (output_mask[2]) partial.assign(used_chunks * out_f, 0.0);
+        std::vector<double> partial, total;
+        if (output_mask[2]) {
+          partial.assign(kBiasChunks * out_f, 0.0);
+          total.assign(out_f, 0.0);
+        }
+        const auto mask_grad = loops().get<scalar_t>().mask_grad;
         const scalar_t* g_p = g.data_ptr<scalar_t>();
-        scalar_t* gm_p = gm.data_ptr<scalar_t>();
+        scalar_t* gm_p = want_gm ? gm.data_ptr<scalar_t>() : nullptr;
         const uint8_t* m_p = m.data_ptr<uint8_t>();
-        at::parallel_for(0, used_chunks, 1, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) {
-            const int64_t r0 = c * chunk_rows;
-            const int64_t r1 = std::min(rows, r0 + chunk_rows);
-            mask_grad_block<scalar_t, double>(
-                g_p + r0 * out_f, gm_p + r0 * out_f, m_p, r0 * out_f, r1 - r0, out_f,
-                output_mask[2] ? partial.data() + c * out_f : nullptr);
+        for (int64_t b = 0; b < nblocks; ++b) {
+          const int64_t r0 = b * brows;
+          const int64_t n = std::min(rows, r0 + brows) - r0;
+          const int64_t chunk_rows =
+              std::max<int64_t>(8, round_up8((n + kBiasChunks - 1) / kBiasChunks));
+          const int64_t nchunks = (n + chunk_rows - 1) / chunk_rows;
+          at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+              const int64_t s0 = c * chunk_rows;
+              const int64_t s1 = std::min(n, s0 + chunk_rows);
+              double* acc = output_mask[2] ? partial.data() + c * out_f : nullptr;
+              if (acc != nullptr) std::fill(acc, acc + out_f, 0.0);
+              mask_grad(g_p + (r0 + s0) * out_f, gm_p != nullptr ? gm_p + s0 * out_f : nullptr, m_p,
+                        (r0 + s0) * out_f, s1 - s0, out_f, acc);
+            }
+          });
+          if (output_mask[2]) {
+            for (int64_t c = 0; c < nchunks; ++c) {
+              const double* acc = partial.data() + c * out_f;
+              for (int64_t o = 0; o < out_f; ++o) total[o] += acc[o];
+            }
           }
-        });
+          if (!want_gm) continue;
+          const Tensor gm_b = gm.narrow(0, 0, n);
+          if (output_mask[0]) {
+            Tensor gi_b = grad_input.narrow(0, r0, n);
+            at::mm_out(gi_b, gm_b, weight);
+          }
+          if (output_mask[1]) {
+            const Tensor x_b = x.narrow(0, r0, n);
+            if (b == 0) {
+              at::mm_out(grad_weight, gm_b.t(), x_b);
+            } else {
+              grad_weight.addmm_(gm_b.t(), x_b);
+            }
+          }
+        }
         if (output_mask[2]) {
           scalar_t* gb = grad_bias.data_ptr<scalar_t>();
-          for (int64_t o = 0; o < out_f; ++o) {
-            double s = 0;
-            for (int64_t c = 0; c < used_chunks; ++c) s += partial[c * out_f + o];
-            gb[o] = static_cast<scalar_t>(s);
-          }
+          for (int64_t o = 0; o < out_f; ++o) gb[o] = static_cast<scalar_t>(total[o]);
         }
       });
 
-  Tensor grad_input, grad_weight;
-  if (output_mask[0]) grad_input = at::mm(gm, weight).view(input.sizes());
-  if (output_mask[1]) grad_weight = at::mm(gm.t(), x);
-  return {grad_input, grad_weight, grad_bias};
+  return {output_mask[0] ? grad_input.view(input.sizes()) : Tensor(), grad_weight, grad_bias};
 }
 
 Tensor relu_mask_unpack_cpu(const Tensor& mask, c10::SymIntArrayRef sym_size) {

@@ -1,5 +1,6 @@
 // CPU inner loops of fused_linear_relu, free of ATen: they see raw pointers to
-// contiguous row blocks, so they compile fast and can be built per ISA later.
+// contiguous row blocks, so they compile fast and are built once per
+// instruction set (see loops_impl.h).
 #pragma once
 
 #include <algorithm>
@@ -7,8 +8,9 @@
 
 #include "../core/relu_mask.h"
 #include "../core/relu_math.h"
+#include "loops_isa.h"
 
-namespace torch_relu_ext::cpu {
+namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 
 // Elements handled per mask-packing step; a multiple of 8 so every step starts
 // on a mask byte boundary.
@@ -20,7 +22,8 @@ constexpr int64_t kMaskChunk = 1024;
 // first flat element index is a multiple of 8). Acc is the arithmetic type
 // (float for the 16-bit types).
 template <typename T, typename Acc, bool kWithMask>
-void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols, uint8_t* mask) {
+RELU_EXT_CPU_TARGET void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols,
+                                              uint8_t* mask) {
   const int64_t n = rows * cols;
   alignas(64) uint8_t flags[kMaskChunk + 8];
   int64_t col = 0;  // column of the next element
@@ -75,13 +78,14 @@ struct UIntOfSize<8> {
 
 // grad_masked = mask ? grad : 0 on a contiguous (rows, cols) block whose first
 // element has flat index e0 (a multiple of 8) in the mask. When bias_acc is not
-// null, adds each column's sum of grad_masked to bias_acc[col].
+// null, adds each column's sum of grad_masked to bias_acc[col]. grad_masked may
+// be null when only the sums are wanted (then bias_acc must not be).
 // The mask bits are first widened to all-ones/all-zeros words of T's size, so
 // the select is a bitwise AND that vectorizes without widening bytes (an
 // AND with 0 gives +0.0, as the select did, NaN included).
 template <typename T, typename Red>
-void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask, int64_t e0, int64_t rows,
-                     int64_t cols, Red* bias_acc) {
+RELU_EXT_CPU_TARGET void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask,
+                                         int64_t e0, int64_t rows, int64_t cols, Red* bias_acc) {
   using U = typename UIntOfSize<sizeof(T)>::type;
   const int64_t n = rows * cols;
   alignas(64) U keep[kMaskChunk];
@@ -98,17 +102,29 @@ void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask, int64_t
     for (int64_t i = 0; i < len;) {
       const int64_t seg = std::min(len - i, cols - col);
       const T* g = grad + e + i;
-      T* o = grad_masked + e + i;
       const U* kp = keep + i;
-      for (int64_t j = 0; j < seg; ++j) {
-        U bits;
-        std::memcpy(&bits, g + j, sizeof(T));
-        bits &= kp[j];
-        std::memcpy(o + j, &bits, sizeof(T));
-      }
-      if (bias_acc != nullptr) {
+      if (grad_masked != nullptr) {
+        T* o = grad_masked + e + i;
+        for (int64_t j = 0; j < seg; ++j) {
+          U bits;
+          std::memcpy(&bits, g + j, sizeof(T));
+          bits &= kp[j];
+          std::memcpy(o + j, &bits, sizeof(T));
+        }
+        if (bias_acc != nullptr) {
+          Red* b = bias_acc + col;
+          for (int64_t j = 0; j < seg; ++j) b[j] += static_cast<Red>(o[j]);
+        }
+      } else {
         Red* b = bias_acc + col;
-        for (int64_t j = 0; j < seg; ++j) b[j] += static_cast<Red>(o[j]);
+        for (int64_t j = 0; j < seg; ++j) {
+          U bits;
+          std::memcpy(&bits, g + j, sizeof(T));
+          bits &= kp[j];
+          T v;
+          std::memcpy(&v, &bits, sizeof(T));
+          b[j] += static_cast<Red>(v);
+        }
       }
       i += seg;
       col += seg;
@@ -117,4 +133,4 @@ void mask_grad_block(const T* grad, T* grad_masked, const uint8_t* mask, int64_t
   }
 }
 
-}  // namespace torch_relu_ext::cpu
+}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA

@@ -1,14 +1,27 @@
-// The Python extension module torch_relu_ext._C. It holds no code of its own:
-// importing it loads this shared object, whose static initialisers register
-// the relu_ext operators. Kept out of the LibTorch library.
+// The Python extension module torch_relu_ext._C. Importing it loads this
+// shared object, whose static initialisers register the relu_ext operators.
+// Its one function reports which build of the CPU loops runs. Kept out of the
+// LibTorch library.
 #include <Python.h>
+
+#include "../cpu/loops.h"
+
+static PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyUnicode_FromString(torch_relu_ext::cpu::loops().isa);
+}
+
+static PyMethodDef relu_ext_methods[] = {
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "Instruction set of the CPU loops in use: 'default', 'avx2' or 'avx512' (follows "
+     "ATEN_CPU_CAPABILITY)."},
+    {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef relu_ext_module = {
     PyModuleDef_HEAD_INIT,
     "_C",
     "torch-relu-ext operators; importing registers torch.ops.relu_ext.",
     -1,
-    nullptr,
+    relu_ext_methods,
     nullptr,
     nullptr,
     nullptr,

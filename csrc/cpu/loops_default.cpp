@@ -1,0 +1,8 @@
+// Baseline build of the CPU loops: the instruction set every CPU of this
+// architecture has (SSE2 on x86-64). See loops.h.
+#define RELU_EXT_CPU_ISA isa_default
+#include "loops_impl.h"
+
+namespace torch_relu_ext::cpu {
+const LoopTables* loops_default() { return &isa_default::tables("default"); }
+}  // namespace torch_relu_ext::cpu
