@@ -15,7 +15,8 @@ plus the activation bytes kept for backward (saved_tensors_hooks).
 
 Method: fixed thread count (recorded), warm-up, then repetitions until a time
 budget, median and inter-quartile range; each repetition takes the next of 3
-input sets so caches do not flatter anyone. On CUDA (when visible and
+input sets so caches do not flatter anyone; glibc malloc pinned at its steady
+state (see MALLOC_ENV) so that page faults do not depend on history. On CUDA (when visible and
 --device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
 and a PNG plot of the ratios, in --out (default benchmarks/results).
 """
@@ -30,11 +31,23 @@ import statistics
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+# glibc malloc at its steady state, for every competitor alike. By default
+# glibc decides from the allocation history whether a large tensor comes from
+# the heap (memory reused: no page faults) or from a fresh mmap (4 KiB page
+# faults over the whole tensor, which can cost more than the computation):
+# the same call then took 1x or 5x depending on what ran before. Pinned here:
+# below 32 MiB from the heap and kept, 32 MiB and more (glibc's ceiling)
+# always from fresh pages. Set before the first allocation: the process
+# re-executes itself once with these variables.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+    os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], {**os.environ, **MALLOC_ENV})
 
-import torch_relu_ext  # noqa: F401
-from torch_relu_ext.utils import saved_tensor_bytes
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import torch_relu_ext  # noqa: E402
+from torch_relu_ext.utils import saved_tensor_bytes  # noqa: E402
 
 ops = torch.ops.relu_ext
 
@@ -311,7 +324,9 @@ def main():
     date = datetime.date.today().isoformat()
     header = (
         f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
-        f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets)"
+        f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets); "
+        f"CPU loops {torch_relu_ext._C.cpu_isa()}; glibc malloc pinned "
+        + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     )
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)

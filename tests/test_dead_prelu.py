@@ -61,6 +61,10 @@ CASES = [
     ((8, 7, 33, 35), "contiguous"),  # many flat chunks across channel runs
     ((8, 7, 33, 35), "channels_last"),
     ((2, 1, 300, 301), "contiguous"),  # one channel
+    # Rows path: whole vectors of channels, 4-row groups and their tails.
+    ((37, 64), "contiguous"),
+    ((6, 48, 5, 3), "channels_last"),
+    ((9, 2100), "contiguous"),  # more channels than one counter group (1024), odd tail
 ]
 
 

@@ -13,7 +13,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <climits>
 #include <vector>
 
 #include "../checks.h"
@@ -67,12 +66,8 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
             if (u0 >= u1) continue;
             int64_t* cnt = partial.data() + c * l.C;
             if (rows_path) {
-              std::vector<int32_t> scratch(l.C);
-              for (int64_t r0 = u0; r0 < u1; r0 += INT32_MAX) {
-                const int64_t r1 = std::min<int64_t>(u1, r0 + INT32_MAX);
-                loops_t.prelu_forward_rows(x_p + r0 * l.C, y_p + r0 * l.C, w_p, w_scalar, r1 - r0,
-                                           l.C, cnt, scratch.data());
-              }
+              loops_t.prelu_forward_rows(x_p + u0 * l.C, y_p + u0 * l.C, w_p, w_scalar, u1 - u0,
+                                         l.C, cnt);
             } else {
               loops_t.prelu_forward_flat(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
             }

@@ -11,47 +11,116 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
+#include <cstring>
+#include <type_traits>
 
 #include "../core/relu_math.h"
 #include "loops_isa.h"
 
 namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 
-// Sub-run length for reductions inside one channel run: short enough for
-// 32-bit counters and for float lane sums to stay accurate.
+// Sums and counts are kept in 32-bit counters and Acc (float for the 16-bit
+// types) partial sums, flushed to the caller's buffers every kRowBlock rows
+// or kRun elements: often enough for the partial sums to stay accurate,
+// rarely enough to cost nothing. The order of every sum is fixed by the code,
+// not by the instruction set or the thread count.
+constexpr int64_t kRowBlock = 256;
+constexpr int64_t kLanes = 16;
 constexpr int64_t kRun = 4096;
-constexpr int kLanes = 8;
 
-// `counts32` is caller scratch of C int32 counters: 32-bit lanes vectorize
-// (int64 per-element increments did not); at most 2^31 - 1 rows per call.
+// One vector register of float or double (GCC/Clang vector extension): the
+// including file sets RELU_EXT_CPU_VECTOR_BYTES to its instruction set's
+// register width (wider generic vectors were lowered to slow code).
+#ifndef RELU_EXT_CPU_VECTOR_BYTES
+#define RELU_EXT_CPU_VECTOR_BYTES 16
+#endif
+template <typename A>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(RELU_EXT_CPU_VECTOR_BYTES)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(RELU_EXT_CPU_VECTOR_BYTES)));
+};
+
+// Rows of C channels side by side (B == 1: 2-D inputs, channels-last). Rows
+// go kRowGroup at a time through each vector of channels: that vector's
+// counters live in a small per-call array (L1) and are read and written once
+// per row group, not once per row. (Walking one tile down many rows instead, counters
+// in registers, was 3-6x slower for wide rows: strided accesses defeat the
+// prefetcher.) Channel groups of kGroup bound the counter array.
+constexpr int64_t kRowGroup = 4;
+constexpr int64_t kGroup = 1024;
+
 template <typename T, typename Acc>
-RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* x, T* y, const T* w, bool w_scalar,
-                                            int64_t rows, int64_t C, int64_t* counts,
-                                            int32_t* counts32) {
-  for (int64_t c = 0; c < C; ++c) counts32[c] = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * C;
-    T* yr = y + r * C;
-    if (w_scalar) {
-      const Acc wv = static_cast<Acc>(w[0]);
-      for (int64_t c = 0; c < C; ++c) {
-        const Acc v = static_cast<Acc>(xr[c]);
-        yr[c] = static_cast<T>(core::prelu(v, wv));
-        counts32[c] += core::active(v);
+RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* __restrict x, T* __restrict y,
+                                            const T* __restrict w, bool w_scalar, int64_t rows,
+                                            int64_t C, int64_t* counts) {
+  // Counters of the comparison's lane width (int32 for float, int64 for
+  // double), so that a vector of them is the comparison result's type.
+  using Count = std::conditional_t<sizeof(Acc) == 8, int64_t, int32_t>;
+  alignas(64) Count cnt[kGroup];
+  alignas(64) Acc wt[kGroup];
+  constexpr int64_t kLanesV = RELU_EXT_CPU_VECTOR_BYTES / static_cast<int64_t>(sizeof(Acc));
+  for (int64_t g0 = 0; g0 < C; g0 += kGroup) {
+    const int64_t gc = std::min(kGroup, C - g0);
+    const int64_t full = std::is_same_v<T, Acc> ? gc / kLanesV * kLanesV : 0;
+    for (int64_t c = 0; c < gc; ++c) wt[c] = static_cast<Acc>(w[w_scalar ? 0 : g0 + c]);
+    // Counters flushed every 2^30 rows: int32 never overflows.
+    for (int64_t s0 = 0; s0 < rows; s0 += (int64_t{1} << 30)) {
+      const int64_t s1 = std::min(rows, s0 + (int64_t{1} << 30));
+      for (int64_t c = 0; c < gc; ++c) cnt[c] = 0;
+      int64_t r = s0;
+      if constexpr (std::is_same_v<T, Acc>) {
+        using V = typename VecOf<Acc>::type;
+        using M = decltype(V{} > V{});
+        static_assert(sizeof(M) == sizeof(V) && sizeof(Count) == sizeof(Acc));
+        for (; r + kRowGroup <= s1; r += kRowGroup) {
+          for (int64_t c0 = 0; c0 < full; c0 += kLanesV) {
+            V wv;
+            M acc;
+            std::memcpy(&wv, wt + c0, sizeof wv);
+            std::memcpy(&acc, cnt + c0, sizeof acc);
+            for (int64_t k = 0; k < kRowGroup; ++k) {
+              const int64_t off = (r + k) * C + g0 + c0;
+              V v;
+              std::memcpy(&v, x + off, sizeof v);
+              const M pos = v > V{};
+              const V out = pos ? v : wv * v;
+              std::memcpy(y + off, &out, sizeof out);
+              acc -= pos;  // true is -1
+            }
+            std::memcpy(cnt + c0, &acc, sizeof acc);
+          }
+          for (int64_t k = 0; k < kRowGroup; ++k) {
+            const T* xr = x + (r + k) * C + g0;
+            T* yr = y + (r + k) * C + g0;
+            for (int64_t c = full; c < gc; ++c) {
+              const Acc v = static_cast<Acc>(xr[c]);
+              yr[c] = static_cast<T>(core::prelu(v, wt[c]));
+              cnt[c] += core::active(v);
+            }
+          }
+        }
       }
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const Acc v = static_cast<Acc>(xr[c]);
-        yr[c] = static_cast<T>(core::prelu(v, static_cast<Acc>(w[c])));
-        counts32[c] += core::active(v);
+      for (; r < s1; ++r) {  // remaining rows, and the 16-bit types
+        const T* xr = x + r * C + g0;
+        T* yr = y + r * C + g0;
+        for (int64_t c = 0; c < gc; ++c) {
+          const Acc v = static_cast<Acc>(xr[c]);
+          yr[c] = static_cast<T>(core::prelu(v, wt[c]));
+          cnt[c] += core::active(v);
+        }
       }
+      for (int64_t c = 0; c < gc; ++c) counts[g0 + c] += cnt[c];
     }
   }
-  for (int64_t c = 0; c < C; ++c) counts[c] += counts32[c];
 }
 
-// Elements [e0, e1) of the flat [A, C, B] array.
+// Elements [e0, e1) of the flat [A, C, B] array (B > 1: runs of B elements
+// share one channel).
 template <typename T, typename Acc>
 RELU_EXT_CPU_TARGET void prelu_forward_flat(const T* x, T* y, const T* w, bool w_scalar, int64_t e0,
                                             int64_t e1, int64_t C, int64_t B, int64_t* counts) {
@@ -65,13 +134,21 @@ RELU_EXT_CPU_TARGET void prelu_forward_flat(const T* x, T* y, const T* w, bool w
       const int64_t len = std::min(kRun, end - e);
       const T* xs = x + e;
       T* ys = y + e;
-      int32_t cnt = 0;
-      for (int64_t j = 0; j < len; ++j) {
+      int32_t lane[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= len; j += kLanes) {
+        for (int64_t k = 0; k < kLanes; ++k) {
+          const Acc v = static_cast<Acc>(xs[j + k]);
+          ys[j + k] = static_cast<T>(core::prelu(v, wv));
+          lane[k] += core::active(v);
+        }
+      }
+      for (; j < len; ++j) {
         const Acc v = static_cast<Acc>(xs[j]);
         ys[j] = static_cast<T>(core::prelu(v, wv));
-        cnt += core::active(v);
+        lane[0] += core::active(v);
       }
-      total += cnt;
+      for (int64_t k = 0; k < kLanes; ++k) total += lane[k];
       e += len;
     }
     counts[c] += total;
@@ -79,36 +156,38 @@ RELU_EXT_CPU_TARGET void prelu_forward_flat(const T* x, T* y, const T* w, bool w
 }
 
 template <typename T, typename Acc, typename Red>
-RELU_EXT_CPU_TARGET void prelu_backward_rows(const T* x, const T* g, const T* w, bool w_scalar,
-                                             int64_t rows, int64_t C, T* gi, Red* gw) {
-  // Per-channel float sums over blocks of rows, flushed to Red: the inner
-  // loops are plain vectorizable selects and adds over the C channels.
-  constexpr int64_t kBlock = 256;
-  std::vector<Acc> wv(C), block(C);
-  for (int64_t c = 0; c < C; ++c) wv[c] = static_cast<Acc>(w[w_scalar ? 0 : c]);
-  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
-    const int64_t r1 = std::min(rows, r0 + kBlock);
-    for (int64_t c = 0; c < C; ++c) block[c] = 0;
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xr = x + r * C;
-      const T* gr = g + r * C;
-      const Acc* wp = wv.data();
-      Acc* bp = block.data();
-      if (gi != nullptr) {
-        T* out = gi + r * C;
-        for (int64_t c = 0; c < C; ++c) {
-          out[c] = static_cast<T>(
-              core::prelu_grad_input(static_cast<Acc>(xr[c]), wp[c], static_cast<Acc>(gr[c])));
+RELU_EXT_CPU_TARGET void prelu_backward_rows(const T* __restrict x, const T* __restrict g,
+                                             const T* __restrict w, bool w_scalar, int64_t rows,
+                                             int64_t C, T* __restrict gi, Red* gw) {
+  // Per-channel Acc sums over kRowBlock rows, flushed to Red: the inner loops
+  // are plain vectorizable selects and adds over the channels of a row.
+  alignas(64) Acc wv[kGroup];
+  alignas(64) Acc block[kGroup];
+  for (int64_t g0 = 0; g0 < C; g0 += kGroup) {
+    const int64_t gc = std::min(kGroup, C - g0);
+    for (int64_t c = 0; c < gc; ++c) wv[c] = static_cast<Acc>(w[w_scalar ? 0 : g0 + c]);
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const int64_t r1 = std::min(rows, r0 + kRowBlock);
+      for (int64_t c = 0; c < gc; ++c) block[c] = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = x + r * C + g0;
+        const T* gr = g + r * C + g0;
+        if (gi != nullptr) {
+          T* out = gi + r * C + g0;
+          for (int64_t c = 0; c < gc; ++c) {
+            out[c] = static_cast<T>(
+                core::prelu_grad_input(static_cast<Acc>(xr[c]), wv[c], static_cast<Acc>(gr[c])));
+          }
+        }
+        if (gw != nullptr) {
+          for (int64_t c = 0; c < gc; ++c) {
+            block[c] += core::prelu_grad_weight(static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c]));
+          }
         }
       }
       if (gw != nullptr) {
-        for (int64_t c = 0; c < C; ++c) {
-          bp[c] += core::prelu_grad_weight(static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c]));
-        }
+        for (int64_t c = 0; c < gc; ++c) gw[g0 + c] += static_cast<Red>(block[c]);
       }
-    }
-    if (gw != nullptr) {
-      for (int64_t c = 0; c < C; ++c) gw[c] += static_cast<Red>(block[c]);
     }
   }
 }
@@ -127,25 +206,28 @@ RELU_EXT_CPU_TARGET void prelu_backward_flat(const T* x, const T* g, const T* w,
       const int64_t len = std::min(kRun, end - e);
       const T* xs = x + e;
       const T* gs = g + e;
-      // Per-element terms first (a vectorized select, no branch on the
-      // sign), then a fixed-lane sum: same order on every run.
-      alignas(64) Acc term[kRun];
       T* out = gi != nullptr ? gi + e : nullptr;
-      for (int64_t j = 0; j < len; ++j) {
+      // One pass: grad_input, and the grad_weight terms summed in kLanes
+      // fixed lanes (a vector accumulator; no branch on the sign).
+      Acc lane[kLanes] = {};
+      int64_t j = 0;
+      for (; j + kLanes <= len; j += kLanes) {
+        for (int64_t k = 0; k < kLanes; ++k) {
+          const Acc xv = static_cast<Acc>(xs[j + k]);
+          const Acc gv = static_cast<Acc>(gs[j + k]);
+          if (out != nullptr) out[j + k] = static_cast<T>(core::prelu_grad_input(xv, wv, gv));
+          lane[k] += core::prelu_grad_weight(xv, gv);
+        }
+      }
+      for (; j < len; ++j) {
         const Acc xv = static_cast<Acc>(xs[j]);
         const Acc gv = static_cast<Acc>(gs[j]);
         if (out != nullptr) out[j] = static_cast<T>(core::prelu_grad_input(xv, wv, gv));
-        term[j] = core::prelu_grad_weight(xv, gv);
+        lane[0] += core::prelu_grad_weight(xv, gv);
       }
       if (gw != nullptr) {
-        Acc lane[kLanes] = {};
-        int64_t j = 0;
-        for (; j + kLanes <= len; j += kLanes) {
-          for (int k = 0; k < kLanes; ++k) lane[k] += term[j + k];
-        }
-        for (; j < len; ++j) lane[0] += term[j];
         Red s = 0;
-        for (int k = 0; k < kLanes; ++k) s += static_cast<Red>(lane[k]);
+        for (int64_t k = 0; k < kLanes; ++k) s += static_cast<Red>(lane[k]);
         total += s;
       }
       e += len;

@@ -24,22 +24,30 @@ namespace {
 
 using at::Tensor;
 
-// Output bytes per row block. The product of each block runs multi-threaded
-// in BLAS, then the epilogue (bias, ReLU, mask) runs over the block, split
-// among the threads, while the block is still in the last-level cache.
-// Measured on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3): BLAS called on
-// small row blocks from inside a parallel region does not stay single-
-// threaded and ran 2-3x slower than one large product, and small blocks
-// cost BLAS its threading efficiency; blocks of >= 256 rows and a few MiB
-// keep the product at full speed.
+// Row blocks of the forward and backward. Each block's product runs
+// multi-threaded in BLAS, then the element-wise part (forward: bias, ReLU,
+// mask; backward: the masked gradient the block's products read) runs over
+// the block, split among the threads, while it is still in cache.
+// Measured on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3):
+// - blocks of ~4 MiB of output keep the element-wise pass in cache;
+// - BLAS called on small row blocks from inside a parallel region does not
+//   stay single-threaded and ran 2-3x slower than one large product, so
+//   blocks run one after the other, each product using every thread;
+// - fewer than 256 rows, or fewer rows than input features, cost the products
+//   their efficiency (2048x4096x4096: 256-row blocks 10% slower than one
+//   product; in the backward each block also re-reads and re-writes all of
+//   grad_weight), so blocks are at least that tall. Wide layers then run as
+//   one block: their products dwarf the element-wise work anyway.
+// Rows per block are a multiple of 8 (blocks start on mask bytes) and depend
+// only on the shape (never on the thread count: results are reproducible).
 constexpr int64_t kBlockBytes = 4 * 1024 * 1024;
 constexpr int64_t kMinBlockRows = 256;
 
 int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
 
-int64_t block_rows(int64_t cols, int64_t elem_size) {
-  const int64_t rows = kBlockBytes / std::max<int64_t>(1, cols * elem_size);
-  return round_up8(std::max(kMinBlockRows, rows));
+int64_t block_rows(int64_t out_f, int64_t in_f, int64_t elem_size) {
+  const int64_t rows = kBlockBytes / std::max<int64_t>(1, out_f * elem_size);
+  return round_up8(std::max({kMinBlockRows, rows, in_f}));
 }
 
 template <bool kWithMask>
@@ -71,7 +79,7 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, con
         scalar_t* out_p = out.data_ptr<scalar_t>();
         const scalar_t* bias_p = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
         uint8_t* mask_p = kWithMask ? mask.data_ptr<uint8_t>() : nullptr;
-        const int64_t brows = block_rows(out_f, sizeof(scalar_t));
+        const int64_t brows = block_rows(out_f, x.size(1), sizeof(scalar_t));
         const int64_t nblocks = (rows + brows - 1) / brows;
 
         auto epilogue = [&](int64_t r0, int64_t r1) {
@@ -108,20 +116,19 @@ std::tuple<Tensor, Tensor> fused_linear_relu_forward_cpu(const Tensor& input, co
   return forward_impl<true>("relu_ext::fused_linear_relu_forward", input, weight, bias);
 }
 
-// Backward, one row block at a time: the masked gradient of a block (mask ?
-// grad_output : 0, plus its column sums for the bias gradient) is written to a
-// block-sized buffer that is reused, and the two products consume it while it
-// is still in cache: grad_input's rows of the block, and the block's term of
-// grad_weight (accumulated in block order). No output-sized temporary: for
-// large layers its allocation (page faults on fresh memory) cost as much as
-// the products. 16-bit types keep one full masked gradient and one product for
-// grad_weight, so that grad_weight is rounded once (as in eager) rather than
-// once per block.
+// Backward, one row block at a time (see block_rows): the masked gradient of
+// a block (mask ? grad_output : 0, plus its column sums for the bias
+// gradient) is written to a block-sized buffer that is reused, and the two
+// products consume it while it is still in cache: grad_input's rows of the
+// block, and the block's term of grad_weight (accumulated in block order). No
+// output-sized temporary: for large layers its allocation (page faults on
+// fresh memory) cost as much as the products. 16-bit types keep one full
+// masked gradient and one product for grad_weight, so that grad_weight is
+// rounded once (as in eager) rather than once per block.
 //
-// Determinism: block and chunk sizes depend only on the shape (never on the
-// thread count), partial bias sums are taken per chunk in double and added in
-// chunk order, and the grad_weight terms are added in block order.
-constexpr int64_t kBackwardBlockBytes = 4 * 1024 * 1024;
+// Determinism: block and chunk sizes depend only on the shape, partial bias
+// sums are taken per chunk in double and added in chunk order, and the
+// grad_weight terms are added in block order.
 constexpr int64_t kBiasChunks = 16;  // per block
 
 std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& grad_output,
@@ -153,11 +160,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
     return {output_mask[0] ? grad_input.view(input.sizes()) : Tensor(), grad_weight, grad_bias};
   }
 
-  // Rows per block: a multiple of 8 (blocks start on mask bytes).
   const int64_t brows =
-      half ? rows
-           : std::min(rows, round_up8(std::max(kMinBlockRows,
-                                               kBackwardBlockBytes / (out_f * g.element_size()))));
+      half ? rows : std::min(rows, block_rows(out_f, in_f, static_cast<int64_t>(g.element_size())));
   const int64_t nblocks = (rows + brows - 1) / brows;
   Tensor gm;
   if (want_gm) gm = at::empty({brows, out_f}, g.options());

@@ -29,7 +29,7 @@ struct Loops {
                     int64_t cols, double* bias_acc);
   // dead_prelu over a dense [A, C, B] array (see dead_prelu_loops.h).
   void (*prelu_forward_rows)(const T* x, T* y, const T* w, bool w_scalar, int64_t rows, int64_t C,
-                             int64_t* counts, int32_t* counts32);
+                             int64_t* counts);
   void (*prelu_forward_flat)(const T* x, T* y, const T* w, bool w_scalar, int64_t e0, int64_t e1,
                              int64_t C, int64_t B, int64_t* counts);
   void (*prelu_backward_rows)(const T* x, const T* g, const T* w, bool w_scalar, int64_t rows,

@@ -5,6 +5,7 @@
 #if defined(__x86_64__)
 #define RELU_EXT_CPU_ISA isa_avx2
 #define RELU_EXT_CPU_TARGET __attribute__((target("avx2,fma,bmi,bmi2,f16c")))
+#define RELU_EXT_CPU_VECTOR_BYTES 32
 #include "loops_impl.h"
 #endif
 

@@ -14,6 +14,7 @@
       target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c," \
              "prefer-vector-width=512")))
 #endif
+#define RELU_EXT_CPU_VECTOR_BYTES 64
 #include "loops_impl.h"
 #endif
 

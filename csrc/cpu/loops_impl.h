@@ -5,7 +5,8 @@
 //                        instances are distinct symbols, so the linker can
 //                        never mix code of one instruction set into another);
 //   RELU_EXT_CPU_TARGET  the function attribute that lets the compiler use
-//                        that instruction set (empty for the baseline).
+//                        that instruction set (empty for the baseline);
+//   RELU_EXT_CPU_VECTOR_BYTES  its vector register width (16, 32, 64).
 // The attribute goes on the loop functions only: the headers they use (the
 // standard library, c10's 16-bit types, csrc/core) stay baseline code that
 // the compiler inlines into the loops.

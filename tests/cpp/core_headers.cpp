@@ -14,7 +14,7 @@ template void bias_relu_mask_block<double, double, false>(double*, const double*
 template void mask_grad_block<float, double>(const float*, float*, const uint8_t*, int64_t, int64_t,
                                              int64_t, double*);
 template void prelu_forward_rows<float, float>(const float*, float*, const float*, bool, int64_t,
-                                               int64_t, int64_t*, int32_t*);
+                                               int64_t, int64_t*);
 template void prelu_forward_flat<float, float>(const float*, float*, const float*, bool, int64_t,
                                                int64_t, int64_t, int64_t, int64_t*);
 template void prelu_backward_rows<float, float, double>(const float*, const float*, const float*,
