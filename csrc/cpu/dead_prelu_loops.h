@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "../core/relu_math.h"
 #include "loops_isa.h"
@@ -45,78 +46,123 @@ struct VecOf<double> {
   typedef double type __attribute__((vector_size(RELU_EXT_CPU_VECTOR_BYTES)));
 };
 
-// Rows of C channels side by side (B == 1: 2-D inputs, channels-last). Rows
-// go kRowGroup at a time through each vector of channels: that vector's
-// counters live in a small per-call array (L1) and are read and written once
-// per row group, not once per row. (Walking one tile down many rows instead, counters
-// in registers, was 3-6x slower for wide rows: strided accesses defeat the
-// prefetcher.) Channel groups of kGroup bound the counter array.
-constexpr int64_t kRowGroup = 4;
-constexpr int64_t kGroup = 1024;
+// Rows of C channels side by side (B == 1: 2-D inputs, channels-last), read
+// and written strictly in memory order: that is what keeps a memory-bound
+// pass at copy speed (measured on 64 MiB: walking several rows at once, or
+// one vector of channels down the rows, was 1.3-2x slower than this).
+// C up to kMaxRegVectors vectors (and a whole number of them): every counter
+// stays in a register (rows_regs). Wider or odd C: counters in an array
+// (in L1 for up to thousands of channels), updated per vector (rows_generic).
+constexpr int64_t kMaxRegVectors = 8;
+constexpr int64_t kFlush = int64_t{1} << 30;  // rows between counter flushes (no int32 overflow)
+
+template <typename Acc, int64_t NT>
+RELU_EXT_CPU_TARGET void prelu_forward_rows_regs(const Acc* __restrict x, Acc* __restrict y,
+                                                 const Acc* __restrict wt, int64_t rows,
+                                                 int64_t* counts) {
+  using V = typename VecOf<Acc>::type;
+  using M = decltype(V{} > V{});
+  constexpr int64_t kL = static_cast<int64_t>(sizeof(V) / sizeof(Acc));
+  constexpr int64_t kC = NT * kL;
+  for (int64_t s0 = 0; s0 < rows; s0 += kFlush) {
+    const int64_t s1 = std::min(rows, s0 + kFlush);
+    M cnt[NT] = {};
+    for (int64_t r = s0; r < s1; ++r) {
+      for (int64_t t = 0; t < NT; ++t) {
+        V v, wv;
+        std::memcpy(&v, x + r * kC + t * kL, sizeof v);
+        std::memcpy(&wv, wt + t * kL, sizeof wv);
+        const M pos = v > V{};
+        const V out = pos ? v : wv * v;
+        std::memcpy(y + r * kC + t * kL, &out, sizeof out);
+        cnt[t] -= pos;  // true is -1
+      }
+    }
+    for (int64_t t = 0; t < NT; ++t) {
+      for (int64_t j = 0; j < kL; ++j) counts[t * kL + j] += cnt[t][j];
+    }
+  }
+}
+
+template <typename T, typename Acc>
+RELU_EXT_CPU_TARGET void prelu_forward_rows_generic(const T* __restrict x, T* __restrict y,
+                                                    const T* __restrict w, bool w_scalar,
+                                                    int64_t rows, int64_t C, int64_t* counts) {
+  // Counters of the comparison's lane width (int32 for float, int64 for
+  // double): a vector of them is the comparison result's type.
+  using Count = std::conditional_t<sizeof(Acc) == 8, int64_t, int32_t>;
+  std::vector<Count> cnt_v(C);
+  std::vector<Acc> wt_v(C);
+  Count* __restrict cnt = cnt_v.data();
+  Acc* __restrict wt = wt_v.data();
+  constexpr int64_t kL = RELU_EXT_CPU_VECTOR_BYTES / static_cast<int64_t>(sizeof(Acc));
+  const int64_t full = std::is_same_v<T, Acc> ? C / kL * kL : 0;
+  for (int64_t c = 0; c < C; ++c) wt[c] = static_cast<Acc>(w[w_scalar ? 0 : c]);
+  for (int64_t s0 = 0; s0 < rows; s0 += kFlush) {
+    const int64_t s1 = std::min(rows, s0 + kFlush);
+    for (int64_t c = 0; c < C; ++c) cnt[c] = 0;
+    for (int64_t r = s0; r < s1; ++r) {
+      const T* xr = x + r * C;
+      T* yr = y + r * C;
+      if constexpr (std::is_same_v<T, Acc>) {
+        using V = typename VecOf<Acc>::type;
+        using M = decltype(V{} > V{});
+        static_assert(sizeof(M) == sizeof(V) && sizeof(Count) == sizeof(Acc));
+        for (int64_t c0 = 0; c0 < full; c0 += kL) {
+          V v, wv;
+          M acc;
+          std::memcpy(&v, xr + c0, sizeof v);
+          std::memcpy(&wv, wt + c0, sizeof wv);
+          std::memcpy(&acc, cnt + c0, sizeof acc);
+          const M pos = v > V{};
+          const V out = pos ? v : wv * v;
+          std::memcpy(yr + c0, &out, sizeof out);
+          acc -= pos;
+          std::memcpy(cnt + c0, &acc, sizeof acc);
+        }
+      }
+      for (int64_t c = full; c < C; ++c) {  // the tail, and the 16-bit types
+        const Acc v = static_cast<Acc>(xr[c]);
+        yr[c] = static_cast<T>(core::prelu(v, wt[c]));
+        cnt[c] += core::active(v);
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) counts[c] += cnt[c];
+  }
+}
 
 template <typename T, typename Acc>
 RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* __restrict x, T* __restrict y,
                                             const T* __restrict w, bool w_scalar, int64_t rows,
                                             int64_t C, int64_t* counts) {
-  // Counters of the comparison's lane width (int32 for float, int64 for
-  // double), so that a vector of them is the comparison result's type.
-  using Count = std::conditional_t<sizeof(Acc) == 8, int64_t, int32_t>;
-  alignas(64) Count cnt[kGroup];
-  alignas(64) Acc wt[kGroup];
-  constexpr int64_t kLanesV = RELU_EXT_CPU_VECTOR_BYTES / static_cast<int64_t>(sizeof(Acc));
-  for (int64_t g0 = 0; g0 < C; g0 += kGroup) {
-    const int64_t gc = std::min(kGroup, C - g0);
-    const int64_t full = std::is_same_v<T, Acc> ? gc / kLanesV * kLanesV : 0;
-    for (int64_t c = 0; c < gc; ++c) wt[c] = static_cast<Acc>(w[w_scalar ? 0 : g0 + c]);
-    // Counters flushed every 2^30 rows: int32 never overflows.
-    for (int64_t s0 = 0; s0 < rows; s0 += (int64_t{1} << 30)) {
-      const int64_t s1 = std::min(rows, s0 + (int64_t{1} << 30));
-      for (int64_t c = 0; c < gc; ++c) cnt[c] = 0;
-      int64_t r = s0;
-      if constexpr (std::is_same_v<T, Acc>) {
-        using V = typename VecOf<Acc>::type;
-        using M = decltype(V{} > V{});
-        static_assert(sizeof(M) == sizeof(V) && sizeof(Count) == sizeof(Acc));
-        for (; r + kRowGroup <= s1; r += kRowGroup) {
-          for (int64_t c0 = 0; c0 < full; c0 += kLanesV) {
-            V wv;
-            M acc;
-            std::memcpy(&wv, wt + c0, sizeof wv);
-            std::memcpy(&acc, cnt + c0, sizeof acc);
-            for (int64_t k = 0; k < kRowGroup; ++k) {
-              const int64_t off = (r + k) * C + g0 + c0;
-              V v;
-              std::memcpy(&v, x + off, sizeof v);
-              const M pos = v > V{};
-              const V out = pos ? v : wv * v;
-              std::memcpy(y + off, &out, sizeof out);
-              acc -= pos;  // true is -1
-            }
-            std::memcpy(cnt + c0, &acc, sizeof acc);
-          }
-          for (int64_t k = 0; k < kRowGroup; ++k) {
-            const T* xr = x + (r + k) * C + g0;
-            T* yr = y + (r + k) * C + g0;
-            for (int64_t c = full; c < gc; ++c) {
-              const Acc v = static_cast<Acc>(xr[c]);
-              yr[c] = static_cast<T>(core::prelu(v, wt[c]));
-              cnt[c] += core::active(v);
-            }
-          }
-        }
+  if constexpr (std::is_same_v<T, Acc>) {
+    constexpr int64_t kL = RELU_EXT_CPU_VECTOR_BYTES / static_cast<int64_t>(sizeof(Acc));
+    if (C % kL == 0 && C / kL <= kMaxRegVectors) {
+      alignas(64) Acc wt[kMaxRegVectors * kL];
+      for (int64_t c = 0; c < C; ++c) wt[c] = w[w_scalar ? 0 : c];
+      switch (C / kL) {
+        case 1:
+          return prelu_forward_rows_regs<Acc, 1>(x, y, wt, rows, counts);
+        case 2:
+          return prelu_forward_rows_regs<Acc, 2>(x, y, wt, rows, counts);
+        case 3:
+          return prelu_forward_rows_regs<Acc, 3>(x, y, wt, rows, counts);
+        case 4:
+          return prelu_forward_rows_regs<Acc, 4>(x, y, wt, rows, counts);
+        case 5:
+          return prelu_forward_rows_regs<Acc, 5>(x, y, wt, rows, counts);
+        case 6:
+          return prelu_forward_rows_regs<Acc, 6>(x, y, wt, rows, counts);
+        case 7:
+          return prelu_forward_rows_regs<Acc, 7>(x, y, wt, rows, counts);
+        case 8:
+          return prelu_forward_rows_regs<Acc, 8>(x, y, wt, rows, counts);
+        default:
+          break;
       }
-      for (; r < s1; ++r) {  // remaining rows, and the 16-bit types
-        const T* xr = x + r * C + g0;
-        T* yr = y + r * C + g0;
-        for (int64_t c = 0; c < gc; ++c) {
-          const Acc v = static_cast<Acc>(xr[c]);
-          yr[c] = static_cast<T>(core::prelu(v, wt[c]));
-          cnt[c] += core::active(v);
-        }
-      }
-      for (int64_t c = 0; c < gc; ++c) counts[g0 + c] += cnt[c];
     }
   }
+  prelu_forward_rows_generic<T, Acc>(x, y, w, w_scalar, rows, C, counts);
 }
 
 // Elements [e0, e1) of the flat [A, C, B] array (B > 1: runs of B elements
@@ -159,35 +205,33 @@ template <typename T, typename Acc, typename Red>
 RELU_EXT_CPU_TARGET void prelu_backward_rows(const T* __restrict x, const T* __restrict g,
                                              const T* __restrict w, bool w_scalar, int64_t rows,
                                              int64_t C, T* __restrict gi, Red* gw) {
-  // Per-channel Acc sums over kRowBlock rows, flushed to Red: the inner loops
-  // are plain vectorizable selects and adds over the channels of a row.
-  alignas(64) Acc wv[kGroup];
-  alignas(64) Acc block[kGroup];
-  for (int64_t g0 = 0; g0 < C; g0 += kGroup) {
-    const int64_t gc = std::min(kGroup, C - g0);
-    for (int64_t c = 0; c < gc; ++c) wv[c] = static_cast<Acc>(w[w_scalar ? 0 : g0 + c]);
-    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-      const int64_t r1 = std::min(rows, r0 + kRowBlock);
-      for (int64_t c = 0; c < gc; ++c) block[c] = 0;
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xr = x + r * C + g0;
-        const T* gr = g + r * C + g0;
-        if (gi != nullptr) {
-          T* out = gi + r * C + g0;
-          for (int64_t c = 0; c < gc; ++c) {
-            out[c] = static_cast<T>(
-                core::prelu_grad_input(static_cast<Acc>(xr[c]), wv[c], static_cast<Acc>(gr[c])));
-          }
-        }
-        if (gw != nullptr) {
-          for (int64_t c = 0; c < gc; ++c) {
-            block[c] += core::prelu_grad_weight(static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c]));
-          }
+  // Per-channel Acc sums over kRowBlock rows, flushed to Red; rows in memory
+  // order, the inner loops plain vectorizable selects and adds over a row.
+  std::vector<Acc> wv_v(C), block_v(C);
+  Acc* __restrict wv = wv_v.data();
+  Acc* __restrict block = block_v.data();
+  for (int64_t c = 0; c < C; ++c) wv[c] = static_cast<Acc>(w[w_scalar ? 0 : c]);
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t r1 = std::min(rows, r0 + kRowBlock);
+    for (int64_t c = 0; c < C; ++c) block[c] = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * C;
+      const T* gr = g + r * C;
+      if (gi != nullptr) {
+        T* out = gi + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          out[c] = static_cast<T>(
+              core::prelu_grad_input(static_cast<Acc>(xr[c]), wv[c], static_cast<Acc>(gr[c])));
         }
       }
       if (gw != nullptr) {
-        for (int64_t c = 0; c < gc; ++c) gw[g0 + c] += static_cast<Red>(block[c]);
+        for (int64_t c = 0; c < C; ++c) {
+          block[c] += core::prelu_grad_weight(static_cast<Acc>(xr[c]), static_cast<Acc>(gr[c]));
+        }
       }
+    }
+    if (gw != nullptr) {
+      for (int64_t c = 0; c < C; ++c) gw[c] += static_cast<Red>(block[c]);
     }
   }
 }
