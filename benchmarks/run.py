@@ -122,6 +122,14 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def fresh_compile(fn):
+    """torch.compile of fn for one shape, with dynamo's caches emptied first:
+    one compiled function across all shapes hit dynamo's recompile limit (8)
+    after 8 shapes and silently ran eager for the rest."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
+
+
 def eager_linear(x, w, b):
     return F.relu(F.linear(x, w, b))
 
@@ -131,9 +139,9 @@ def ours_linear(x, w, b):
 
 
 def bench_linear(shapes, timer, device, dtype, progress, use_compile):
-    compiled = torch.compile(eager_linear, dynamic=False) if use_compile else None
     rows = []
     for batch, k, o in shapes:
+        compiled = fresh_compile(eager_linear) if use_compile else None
         g = torch.Generator(device="cpu").manual_seed(batch * 7 + k + o)
         sets = [(torch.randn(batch, k, generator=g).to(device, dtype),) for _ in range(3)]
         w = (torch.randn(o, k, generator=g) / k**0.5).to(device, dtype)
@@ -174,9 +182,9 @@ def eager_prelu_count(x, w):
 
 
 def bench_prelu(cases, timer, device, dtype, progress, use_compile):
-    compiled = torch.compile(eager_prelu_count, dynamic=False) if use_compile else None
     rows = []
     for shape, cl in cases:
+        compiled = fresh_compile(eager_prelu_count) if use_compile else None
         g = torch.Generator(device="cpu").manual_seed(sum(shape))
         mf = torch.channels_last if cl else torch.contiguous_format
         sets = [(torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=mf),) for _ in range(3)]
@@ -325,8 +333,7 @@ def main():
     header = (
         f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
         f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets); "
-        f"CPU loops {torch_relu_ext._C.cpu_isa()}; glibc malloc pinned "
-        + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+        f"CPU loops {torch_relu_ext._C.cpu_isa()}; glibc malloc pinned " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     )
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)
