@@ -44,6 +44,10 @@ def _worker(rank, world, port, out):
     ddp = nn.parallel.DistributedDataParallel(make_model())
     grads, params = train(ddp, batches(), rank, world)
     torch.save({"grads": grads, "params": params}, f"{out}.{rank}")
+    # Both ranks done before either tears down: a rank that exits while its
+    # peer's gloo threads still talk to it made the peer abort ("terminate
+    # called without an active exception", seen under load in a full run).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -200,6 +200,10 @@ def _ddp_worker(rank, world, port, out_path):
         },
         f"{out_path}.{rank}",
     )
+    # Both ranks done before either tears down: a rank that exits while its
+    # peer's gloo threads still talk to it made the peer abort ("terminate
+    # called without an active exception", seen under load in a full run).
+    dist.barrier()
     dist.destroy_process_group()
 
 
