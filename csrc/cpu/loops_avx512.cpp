@@ -14,13 +14,14 @@
       target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,bmi,bmi2,f16c," \
              "prefer-vector-width=512")))
 #endif
+#define RELU_EXT_CPU_ISA_NAME "avx512"
 #define RELU_EXT_CPU_VECTOR_BYTES 64
 #include "loops_impl.h"
 #endif
 
 namespace torch_relu_ext::cpu {
 #if defined(__x86_64__)
-const LoopTables* loops_avx512() { return &isa_avx512::tables("avx512"); }
+const LoopTables* loops_avx512() { return &isa_avx512::tables(); }
 #else
 const LoopTables* loops_avx512() { return nullptr; }
 #endif

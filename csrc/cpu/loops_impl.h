@@ -6,7 +6,8 @@
 //                        never mix code of one instruction set into another);
 //   RELU_EXT_CPU_TARGET  the function attribute that lets the compiler use
 //                        that instruction set (empty for the baseline);
-//   RELU_EXT_CPU_VECTOR_BYTES  its vector register width (16, 32, 64).
+//   RELU_EXT_CPU_VECTOR_BYTES  its vector register width (16, 32, 64);
+//   RELU_EXT_CPU_ISA_NAME  its name as cpu_isa() reports it.
 // The attribute goes on the loop functions only: the headers they use (the
 // standard library, c10's 16-bit types, csrc/core) stay baseline code that
 // the compiler inlines into the loops.
@@ -33,8 +34,8 @@ constexpr Loops<T> make_loops() {
           &prelu_backward_flat<T, Acc, double>};
 }
 
-inline const LoopTables& tables(const char* name) {
-  static const LoopTables t{name, make_loops<float>(), make_loops<double>(),
+inline const LoopTables& tables() {
+  static const LoopTables t{RELU_EXT_CPU_ISA_NAME, make_loops<float>(), make_loops<double>(),
                             make_loops<c10::Half>(), make_loops<c10::BFloat16>()};
   return t;
 }
