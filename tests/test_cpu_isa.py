@@ -1,7 +1,8 @@
 """The CPU loops are compiled for several x86 instruction sets (csrc/cpu/loops.h)
 and chosen at run time, following ATEN_CPU_CAPABILITY. Every build must give
 bitwise the same results: each one this CPU can run computes the same cases in
-its own process, and the outputs are compared bit for bit (BLAS's products excepted)."""
+its own process, and the outputs are compared bit for bit (matrix products
+excepted: ATen's BLAS and our own AVX-512 product round differently)."""
 
 import os
 import subprocess
@@ -65,7 +66,7 @@ COMPUTE = r"""
 import sys, torch, torch_relu_ext
 from torch_relu_ext import _C
 ops = torch.ops.relu_ext
-out = {"isa": _C.cpu_isa()}
+out = {"isa": _C.cpu_isa(), "gemm": _C.cpu_gemm()}
 for key, args in torch.load(sys.argv[1]).items():
     if key.startswith("linear/"):
         x, w, b, gy = args
@@ -112,8 +113,36 @@ def same_bits(a, b):
     return torch.equal(a.contiguous().view(as_int)[~nan], b.contiguous().view(as_int)[~nan])
 
 
+def assert_products_close(a, b, key, i, args, mask, msg):
+    """Two float products of the same masked gradient (i = 3: grad_input =
+    G @ W, i = 4: grad_weight = G.T @ X, G = mask ? grad : 0) differ by at
+    most 2 n eps sum|terms| (the rounding bound of an n-term sum in any
+    order); non-finite results must match exactly."""
+    x, w, _, gy = args
+    keep = torch.ops.relu_ext.relu_mask_unpack(mask, gy.shape)
+    g_abs = torch.where(keep, gy.double().abs(), torch.zeros((), dtype=torch.float64))
+    if i == 3:
+        bound, n = g_abs @ w.double().abs(), gy.shape[1]
+    else:
+        bound, n = g_abs.t() @ x.double().abs(), gy.shape[0]
+    eps = torch.finfo(a.dtype).eps
+    finite = a.isfinite() & b.isfinite()
+    assert same_bits(a[~finite], b[~finite]), msg
+    diff = (a.double() - b.double()).abs()[finite]
+    assert (diff <= 2 * n * eps * bound[finite] + torch.finfo(a.dtype).tiny).all(), msg
+
+
 def test_cpu_isa_reports_a_known_build():
     assert _C.cpu_isa() in ISAS
+    assert _C.cpu_gemm() in ("own-avx512", "aten")
+
+
+def test_cpu_gemm_setting_is_checked():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TORCH_RELU_EXT_CPU_GEMM="mkl")
+    code = "import torch, torch_relu_ext; torch_relu_ext.fused_linear_relu(torch.ones(2, 3), torch.ones(4, 3))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own' or 'aten', got 'mkl'" in proc.stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64", reason="x86-64 Linux only")
@@ -121,13 +150,16 @@ def test_every_isa_build_gives_bitwise_identical_results(tmp_path):
     flags = cpu_flags()
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     inputs = tmp_path / "inputs.pt"
-    torch.save(make_inputs(), inputs)
+    inputs_by_key = make_inputs()
+    torch.save(inputs_by_key, inputs)
     results = {}
-    for isa in ISAS:
-        path = tmp_path / f"{isa}.pt"
+    # Each build with its default float32 product, and the AVX-512 build with
+    # both products (ours and ATen's) where this CPU runs it.
+    for isa, gemm in [(isa, "auto") for isa in ISAS] + [("avx512", "own"), ("avx512", "aten")]:
+        path = tmp_path / f"{isa}-{gemm}.pt"
         proc = subprocess.run(
             [sys.executable, "-c", COMPUTE, str(inputs), str(path)],
-            env=dict(env, ATEN_CPU_CAPABILITY=isa),
+            env=dict(env, ATEN_CPU_CAPABILITY=isa, TORCH_RELU_EXT_CPU_GEMM=gemm),
             capture_output=True,
             text=True,
             timeout=300,
@@ -138,19 +170,25 @@ def test_every_isa_build_gives_bitwise_identical_results(tmp_path):
             assert res["isa"] == isa, f"asked for {isa}, this CPU supports it, loops ran {res['isa']}"
         else:
             assert ISAS.index(res["isa"]) < ISAS.index(isa)
-        results[res["isa"]] = res
-    assert "default" in results
-    base = results["default"]
+        # Our product needs the AVX-512 loops; "aten" always turns it off.
+        if res["isa"] != "avx512" or gemm == "aten":
+            assert res["gemm"] == "aten", (isa, gemm, res["gemm"])
+        elif gemm == "own":
+            assert res["gemm"] == "own-avx512", (isa, gemm, res["gemm"])
+        results[f"{res['isa']}/{res['gemm']}"] = res
+    assert "default/aten" in results
+    base = results["default/aten"]
     for isa, res in results.items():
         assert res.keys() == base.keys()
         for key in base:
-            if key == "isa":
+            if key in ("isa", "gemm"):
                 continue
             for i, (a, b) in enumerate(zip(base[key], res[key])):
                 assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), (isa, key, i)
                 if key.startswith("linear/") and i in (3, 4):
-                    # grad_input and grad_weight are BLAS products of our
-                    # masked gradient: equal up to the products' rounding.
-                    torch.testing.assert_close(a, b, equal_nan=True, msg=f"{isa}: {key} output {i}")
+                    # grad_input and grad_weight are matrix products of our
+                    # masked gradient (ATen's BLAS in some builds, our own
+                    # AVX-512 product in others): equal up to their rounding.
+                    assert_products_close(a, b, key, i, inputs_by_key[key], base[key][1], f"{isa}: {key} output {i}")
                 else:
                     assert same_bits(a, b), f"{isa} differs from default: {key} output {i}"

@@ -1,7 +1,10 @@
 // CPU kernels of fused_linear_relu (forward, forward with mask, backward) and
 // of relu_mask_unpack.
 //
-// Forward: the output is produced one row block at a time: the BLAS product
+// Forward, float32 on our own matrix product (own_sgemm(), see loops.h): bias,
+// ReLU and the mask bits are applied to each register tile of the result, so
+// the output is written once. Otherwise (other dtypes, or ATen's product
+// chosen): the output is produced one row block at a time, the BLAS product
 // writes the block, then bias + ReLU + mask packing run over it while it is
 // still in cache. No second output-sized buffer, no separate pass over memory.
 #include <ATen/Dispatch.h>
@@ -13,6 +16,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
@@ -45,6 +51,67 @@ constexpr int64_t kMinBlockRows = 256;
 
 int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
 
+// A 64-byte aligned float buffer kept by a thread between calls: the packed
+// blocks of the matrix product would otherwise be fresh allocations, whose
+// page faults cost more than packing them.
+class Scratch {
+ public:
+  float* get(int64_t floats) {
+    if (floats > size_) {
+      const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+      ptr_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      TORCH_CHECK(ptr_ != nullptr, "relu_ext: out of memory allocating ", bytes,
+                  " bytes of matrix-product scratch");
+      size_ = floats;
+    }
+    return ptr_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> ptr_;
+  int64_t size_ = 0;
+};
+
+// C (m x n, row-major, leading dimension ldc) = or += (accumulate) a x b, with
+// our float32 kernels (sgemm.h); ep, when given, is applied to the finished
+// result. Threads split C's rows in whole register tiles (so, for the mask,
+// in multiples of 8 rows); each element is reduced in the same order
+// whatever the split. k must be > 0.
+void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t m, int64_t n,
+              int64_t k, float* c, int64_t ldc, bool accumulate, const sgemm::Epilogue* ep) {
+  thread_local Scratch packed_b_buf;
+  float* packed_b = packed_b_buf.get(kern.packed_b_floats(kern.kc, kern.nc));
+  const int64_t row_tiles = (m + kern.mr - 1) / kern.mr;
+  for (int64_t j0 = 0; j0 < n; j0 += kern.nc) {
+    const int64_t nc = std::min(kern.nc, n - j0);
+    const int64_t panels = (nc + kern.nr - 1) / kern.nr;
+    for (int64_t k0 = 0; k0 < k; k0 += kern.kc) {
+      const int64_t kc = std::min(kern.kc, k - k0);
+      const bool last = k0 + kc >= k;
+      at::parallel_for(
+          0, panels, std::max<int64_t>(1, 16384 / (kc * kern.nr)),
+          [&](int64_t p0, int64_t p1) { kern.pack_b(b, k0, kc, j0, nc, p0, p1, packed_b); });
+      // Tiles per task: at least ~256k multiply-adds.
+      const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kern.mr * nc * kc));
+      at::parallel_for(0, row_tiles, grain, [&](int64_t t0, int64_t t1) {
+        thread_local Scratch a_buf;
+        kern.block(a, t0 * kern.mr, std::min(m, t1 * kern.mr), k0, kc, packed_b, j0, nc, c, ldc,
+                   accumulate || k0 > 0, last ? ep : nullptr, a_buf.get(kern.a_scratch_floats()));
+      });
+    }
+  }
+}
+
+// Strided view of a 2-D float tensor for own_gemm, transposed when asked.
+sgemm::View view_of(const Tensor& t, bool transpose = false) {
+  const float* p = t.data_ptr<float>();
+  return transpose ? sgemm::View{p, t.stride(1), t.stride(0)}
+                   : sgemm::View{p, t.stride(0), t.stride(1)};
+}
+
 int64_t block_rows(int64_t out_f, int64_t in_f, int64_t elem_size) {
   const int64_t rows = kBlockBytes / std::max<int64_t>(1, out_f * elem_size);
   return round_up8(std::max({kMinBlockRows, rows, in_f}));
@@ -71,6 +138,18 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, con
   const bool has_bias = bias_opt.has_value() && bias_opt->defined();
   const Tensor bias = has_bias ? bias_opt->contiguous() : Tensor();
   const Tensor wt = weight.t();
+
+  // float32 on our own product (see loops.h): the epilogue runs on each tile
+  // of the result in registers, so the output is written once.
+  const sgemm::Kernels* own = own_sgemm();
+  if (own != nullptr && out.scalar_type() == at::kFloat && x.size(1) > 0) {
+    if (kWithMask) mask.zero_();
+    const sgemm::Epilogue ep{has_bias ? bias.data_ptr<float>() : nullptr, true,
+                             kWithMask ? mask.data_ptr<uint8_t>() : nullptr, out_f};
+    own_gemm(*own, view_of(x), view_of(weight, /*transpose=*/true), rows, out_f, x.size(1),
+             out.data_ptr<float>(), out_f, false, &ep);
+    return {out.view(out_sizes), mask};
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, out.scalar_type(), "fused_linear_relu_cpu", [&] {
@@ -165,6 +244,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
   const int64_t nblocks = (rows + brows - 1) / brows;
   Tensor gm;
   if (want_gm) gm = at::empty({brows, out_f}, g.options());
+  const sgemm::Kernels* own = in_f > 0 ? own_sgemm() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu", [&] {
@@ -201,6 +281,20 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
           }
           if (!want_gm) continue;
           const Tensor gm_b = gm.narrow(0, 0, n);
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (own != nullptr) {
+              // grad_input rows = gm_b x W; grad_weight (+)= gm_b^T x x_b.
+              if (output_mask[0]) {
+                own_gemm(*own, view_of(gm_b), view_of(weight), n, in_f, out_f,
+                         grad_input.data_ptr<float>() + r0 * in_f, in_f, false, nullptr);
+              }
+              if (output_mask[1]) {
+                own_gemm(*own, view_of(gm_b, /*transpose=*/true), view_of(x.narrow(0, r0, n)),
+                         out_f, in_f, n, grad_weight.data_ptr<float>(), in_f, b > 0, nullptr);
+              }
+              continue;
+            }
+          }
           if (output_mask[0]) {
             Tensor gi_b = grad_input.narrow(0, r0, n);
             at::mm_out(gi_b, gm_b, weight);

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "sgemm.h"
+
 namespace torch_relu_ext::cpu {
 
 template <typename T>
@@ -62,6 +64,15 @@ struct LoopTables {
 
 // The tables of this process (chosen on first use).
 const LoopTables& loops();
+
+// The float32 matrix product fused_linear_relu runs on this process's CPU:
+// our AVX-512 kernels (sgemm.h), or null for ATen's (BLAS). Chosen on first
+// use from TORCH_RELU_EXT_CPU_GEMM: "aten", "own" (where the avx512 loop
+// tables run), or "auto" (the default): own where the avx512 loop tables run
+// on a CPU that is not Intel's. MKL, PyTorch's BLAS on x86, runs AVX-512 code
+// on Intel CPUs only; on others its AVX2 code reached 39% of the AVX-512
+// peak in our measurements (see sgemm.h).
+const sgemm::Kernels* own_sgemm();
 
 // Each build's tables; null where that build is not available (non-x86).
 const LoopTables* loops_default();

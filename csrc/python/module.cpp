@@ -1,6 +1,7 @@
 // The Python extension module torch_relu_ext._C. Importing it loads this
 // shared object, whose static initialisers register the relu_ext operators.
-// Its one function reports which build of the CPU loops runs. Kept out of the
+// Its functions report which build of the CPU loops and which float32 matrix
+// product run. Kept out of the
 // LibTorch library.
 #include <Python.h>
 
@@ -10,10 +11,17 @@ static PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
   return PyUnicode_FromString(torch_relu_ext::cpu::loops().isa);
 }
 
+static PyObject* cpu_gemm(PyObject* /*self*/, PyObject* /*args*/) {
+  return PyUnicode_FromString(torch_relu_ext::cpu::own_sgemm() != nullptr ? "own-avx512" : "aten");
+}
+
 static PyMethodDef relu_ext_methods[] = {
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "Instruction set of the CPU loops in use: 'default', 'avx2' or 'avx512' (follows "
      "ATEN_CPU_CAPABILITY)."},
+    {"cpu_gemm", cpu_gemm, METH_NOARGS,
+     "Matrix product of float32 fused_linear_relu on CPU: 'own-avx512' or 'aten' (follows "
+     "TORCH_RELU_EXT_CPU_GEMM=auto|own|aten)."},
     {nullptr, nullptr, 0, nullptr}};
 
 static struct PyModuleDef relu_ext_module = {
