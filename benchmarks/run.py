@@ -6,6 +6,7 @@ measured in one process and one run.
 fused_linear_relu, forward and forward+backward, against
   eager    F.relu(F.linear(x, w, b))
   compile  torch.compile of the same eager function (default mode)
+  autotune the same under mode="max-autotune-no-cudagraphs"
   floor    torch.addmm(b, x, w.T): the GEMM the fused op contains (forward)
 dead_prelu (output + per-channel active counts), forward and backward, against
   eager    F.prelu(x, w) plus (x > 0).sum(non-channel dims), the naive way
@@ -13,8 +14,10 @@ dead_prelu (output + per-channel active counts), forward and backward, against
   floor    x.clone(): one read and one write of the tensor (bandwidth bound)
 plus the activation bytes kept for backward (saved_tensors_hooks).
 
-Method: fixed thread count (recorded), warm-up, then repetitions until a time
-budget, median and inter-quartile range; each repetition takes the next of 3
+Method: fixed thread count (recorded), warm-up, then rounds until a time
+budget, each round calling every competitor once (interleaved, so a slow
+spell of the machine hits all alike); median and inter-quartile range; each
+round takes the next of 3
 input sets so caches do not flatter anyone; glibc malloc pinned at its steady
 state (see MALLOC_ENV) so that page faults do not depend on history. On CUDA (when visible and
 --device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
@@ -80,26 +83,42 @@ class Timer:
 
     def __call__(self, fn, inputs):
         """Median and IQR in ms of fn(*inputs[i % len(inputs)])."""
-        for i in range(3):
-            fn(*inputs[i % len(inputs)])
+        return self.group({"fn": (fn, inputs)})["fn"]
+
+    def group(self, competitors):
+        """{name: (fn, inputs)} -> {name: (median ms, IQR ms, repetitions)}.
+        The competitors are interleaved, one call each per round, so that a
+        slow spell of this shared machine hits all of them alike instead of
+        whichever was being timed (ratios of blocks timed one after the other
+        moved by up to 2x between runs)."""
+        for fn, inputs in competitors.values():
+            for i in range(3):
+                fn(*inputs[i % len(inputs)])
         self.sync()
-        times, start_all, i = [], time.perf_counter(), 0
-        while len(times) < self.min_reps or (time.perf_counter() - start_all < self.budget and len(times) < self.max_reps):
-            args = inputs[i % len(inputs)]
+        times = {name: [] for name in competitors}
+        budget = self.budget * len(competitors)
+        start_all, i = time.perf_counter(), 0
+        while i < self.min_reps or (time.perf_counter() - start_all < budget and i < self.max_reps):
+            for name, (fn, inputs) in competitors.items():
+                times[name].append(self.once(fn, inputs[i % len(inputs)]))
             i += 1
-            if self.device == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                fn(*args)
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e))
-            else:
-                t0 = time.perf_counter()
-                fn(*args)
-                times.append((time.perf_counter() - t0) * 1e3)
-        q = statistics.quantiles(times, n=4) if len(times) >= 4 else [min(times), 0, max(times)]
-        return statistics.median(times), q[2] - q[0], len(times)
+        out = {}
+        for name, ts in times.items():
+            q = statistics.quantiles(ts, n=4) if len(ts) >= 4 else [min(ts), 0, max(ts)]
+            out[name] = (statistics.median(ts), q[2] - q[0], len(ts))
+        return out
+
+    def once(self, fn, args):
+        if self.device == "cuda":
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn(*args)
+            e.record()
+            e.synchronize()
+            return s.elapsed_time(e)
+        t0 = time.perf_counter()
+        fn(*args)
+        return (time.perf_counter() - t0) * 1e3
 
     def sync(self):
         if self.device == "cuda":
@@ -122,16 +141,21 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def fresh_compile(fn):
-    """torch.compile of fn for one shape, with dynamo's caches emptied first:
-    one compiled function across all shapes hit dynamo's recompile limit (8)
-    after 8 shapes and silently ran eager for the rest."""
+def fresh_compile(*fns_and_modes):
+    """torch.compile of each (fn, mode) for one shape, with dynamo's caches
+    emptied first: one compiled function across all shapes hit dynamo's
+    recompile limit (8) after 8 shapes and silently ran eager for the rest.
+    Dynamo caches per code object, so each mode gets its own function."""
     torch._dynamo.reset()
-    return torch.compile(fn, dynamic=False)
+    return [torch.compile(fn, mode=mode, dynamic=False) for fn, mode in fns_and_modes]
 
 
 def eager_linear(x, w, b):
     return F.relu(F.linear(x, w, b))
+
+
+def eager_linear_for_autotune(x, w, b):
+    return eager_linear(x, w, b)
 
 
 def ours_linear(x, w, b):
@@ -141,7 +165,14 @@ def ours_linear(x, w, b):
 def bench_linear(shapes, timer, device, dtype, progress, use_compile):
     rows = []
     for batch, k, o in shapes:
-        compiled = fresh_compile(eager_linear) if use_compile else None
+        compiled = {}
+        if use_compile:
+            compiled = dict(
+                zip(
+                    ("compile", "autotune"),
+                    fresh_compile((eager_linear, "default"), (eager_linear_for_autotune, "max-autotune-no-cudagraphs")),
+                )
+            )
         g = torch.Generator(device="cpu").manual_seed(batch * 7 + k + o)
         sets = [(torch.randn(batch, k, generator=g).to(device, dtype),) for _ in range(3)]
         w = (torch.randn(o, k, generator=g) / k**0.5).to(device, dtype)
@@ -150,11 +181,14 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
         gy = torch.randn(batch, o, generator=g).to(device, dtype)
         r = {"op": "fused_linear_relu", "shape": f"{batch}x{k}x{o}", "dtype": str(dtype).replace("torch.", "")}
         with torch.no_grad():
-            r["fwd_ours"] = timer(lambda x: ours_linear(x, w, b), sets)
-            r["fwd_eager"] = timer(lambda x: eager_linear(x, w, b), sets)
-            r["fwd_floor"] = timer(lambda x: torch.addmm(b, x, w.t()), sets)
-            if compiled is not None:
-                r["fwd_compile"] = timer(lambda x: compiled(x, w, b), sets)
+            fwd = {
+                "ours": (lambda x: ours_linear(x, w, b), sets),
+                "eager": (lambda x: eager_linear(x, w, b), sets),
+                "floor": (lambda x: torch.addmm(b, x, w.t()), sets),
+            }
+            for name, fn in compiled.items():
+                fwd[name] = ((lambda f: lambda x: f(x, w, b))(fn), sets)
+            r.update({f"fwd_{name}": v for name, v in timer.group(fwd).items()})
 
         def step(fn):
             def run(x):
@@ -164,10 +198,10 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
 
             return run
 
-        r["fb_ours"] = timer(step(ours_linear), sets)
-        r["fb_eager"] = timer(step(eager_linear), sets)
-        if compiled is not None:
-            r["fb_compile"] = timer(step(compiled), sets)
+        fb = {"ours": (step(ours_linear), sets), "eager": (step(eager_linear), sets)}
+        for name, fn in compiled.items():
+            fb[name] = (step(fn), sets)
+        r.update({f"fb_{name}": v for name, v in timer.group(fb).items()})
         x0 = sets[0][0].detach().requires_grad_()
         r["saved_ours"] = saved_tensor_bytes(lambda: ours_linear(x0, wg, bg), [wg, bg])
         r["saved_eager"] = saved_tensor_bytes(lambda: eager_linear(x0, wg, bg), [wg, bg])
@@ -184,7 +218,7 @@ def eager_prelu_count(x, w):
 def bench_prelu(cases, timer, device, dtype, progress, use_compile):
     rows = []
     for shape, cl in cases:
-        compiled = fresh_compile(eager_prelu_count) if use_compile else None
+        compiled = fresh_compile((eager_prelu_count, "default"))[0] if use_compile else None
         g = torch.Generator(device="cpu").manual_seed(sum(shape))
         mf = torch.channels_last if cl else torch.contiguous_format
         sets = [(torch.randn(shape, generator=g).to(device, dtype).contiguous(memory_format=mf),) for _ in range(3)]
@@ -196,13 +230,6 @@ def bench_prelu(cases, timer, device, dtype, progress, use_compile):
             "shape": "x".join(map(str, shape)) + ("/cl" if cl else ""),
             "dtype": str(dtype).replace("torch.", ""),
         }
-        with torch.no_grad():
-            r["fwd_ours"] = timer(lambda x: ops.dead_prelu(x, w), sets)
-            r["fwd_eager"] = timer(lambda x: eager_prelu_count(x, w), sets)
-            r["fwd_floor"] = timer(lambda x: x.clone(), sets)
-            if compiled is not None:
-                r["fwd_compile"] = timer(lambda x: compiled(x, w), sets)
-            r["bwd_ours"] = timer(lambda x: ops.dead_prelu_backward(gy, x, w, [True, True]), sets)
         wg = w.clone().requires_grad_()
 
         def eager_bwd(x):
@@ -210,9 +237,24 @@ def bench_prelu(cases, timer, device, dtype, progress, use_compile):
             y = F.prelu(xg, wg)
             return y, xg
 
-        # Eager backward alone: the graph is built outside the timed region.
+        with torch.no_grad():
+            fwd = {
+                "ours": (lambda x: ops.dead_prelu(x, w), sets),
+                "eager": (lambda x: eager_prelu_count(x, w), sets),
+                "floor": (lambda x: x.clone(), sets),
+            }
+            if compiled is not None:
+                fwd["compile"] = (lambda x: compiled(x, w), sets)
+            r.update({f"fwd_{name}": v for name, v in timer.group(fwd).items()})
+        # Eager backward alone: its graphs are built outside the timed region.
         graphs = [eager_bwd(s[0]) for s in sets]
-        r["bwd_eager"] = timer(lambda y, xg: torch.autograd.grad(y, (xg, wg), gy, retain_graph=True), graphs)
+        bwd = timer.group(
+            {
+                "ours": (lambda x: ops.dead_prelu_backward(gy, x, w, [True, True]), sets),
+                "eager": (lambda y, xg: torch.autograd.grad(y, (xg, wg), gy, retain_graph=True), graphs),
+            }
+        )
+        r.update({f"bwd_{name}": v for name, v in bwd.items()})
         rows.append(r)
         progress.step(r["shape"])
     return rows
@@ -224,18 +266,22 @@ def ratio(a, b):
 
 def table(rows, use_compile):
     lines = [
-        "| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | saved bytes eager / ours |",
-        "|---|---|---|---|---|---|---|",
+        "| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd speedup vs max-autotune | "
+        "fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | fwd+bwd speedup vs max-autotune | saved bytes eager / ours |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["op"] != "fused_linear_relu":
             continue
-        comp = f"{ratio(r['fwd_compile'], r['fwd_ours']):.2f}x" if use_compile else "n/a"
-        compfb = f"{ratio(r['fb_compile'], r['fb_ours']):.2f}x" if use_compile else "n/a"
+
+        def vs(key, ours):
+            return f"{ratio(r[key], r[ours]):.2f}x" if key in r else "n/a"
+
         lines.append(
             f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
-            f"{ratio(r['fwd_eager'], r['fwd_ours']):.2f}x | {comp} | {ratio(r['fb_eager'], r['fb_ours']):.2f}x | "
-            f"{compfb} | {r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |"
+            f"{vs('fwd_eager', 'fwd_ours')} | {vs('fwd_compile', 'fwd_ours')} | {vs('fwd_autotune', 'fwd_ours')} | "
+            f"{vs('fb_eager', 'fb_ours')} | {vs('fb_compile', 'fb_ours')} | {vs('fb_autotune', 'fb_ours')} | "
+            f"{r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |"
         )
     lines += [
         "",
@@ -333,7 +379,8 @@ def main():
     header = (
         f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
         f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets); "
-        f"CPU loops {torch_relu_ext._C.cpu_isa()}; glibc malloc pinned " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+        f"CPU loops {torch_relu_ext._C.cpu_isa()}, float32 product {torch_relu_ext._C.cpu_gemm()}; "
+        "competitors interleaved per round; glibc malloc pinned " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     )
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)
