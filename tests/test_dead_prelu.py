@@ -61,10 +61,14 @@ CASES = [
     ((8, 7, 33, 35), "contiguous"),  # many flat chunks across channel runs
     ((8, 7, 33, 35), "channels_last"),
     ((2, 1, 300, 301), "contiguous"),  # one channel
-    # Rows path: whole vectors of channels, 4-row groups and their tails.
+    # Rows path: whole vectors of channels, counters in registers.
     ((37, 64), "contiguous"),
     ((6, 48, 5, 3), "channels_last"),
     ((9, 2100), "contiguous"),  # more channels than one counter group (1024), odd tail
+    # Rows of several register groups of channels, over more than one chunk
+    # of rows (~1 MiB): 25 vectors of 16 floats (groups of 8, 8, 8, 1).
+    ((1100, 400), "contiguous"),
+    ((3, 256, 20, 20), "channels_last"),
 ]
 
 

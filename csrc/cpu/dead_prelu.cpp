@@ -56,7 +56,11 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
         const bool rows_path = l.B == 1;
         // Units split into chunks: rows for the rows path, elements otherwise.
         const int64_t units = rows_path ? l.A : numel;
-        const int64_t nchunks = chunk_count(units, rows_path ? l.C : 1);
+        // Counts are integers, exact in any order: one chunk per thread
+        // (more chunks only cost partial buffers to clear and add up: with
+        // 64 chunks of 512 channels that was a quarter of the time on 8 MiB).
+        const int64_t nchunks = std::min<int64_t>(chunk_count(units, rows_path ? l.C : 1),
+                                                  std::max(1, at::get_num_threads()));
         const int64_t per = (units + nchunks - 1) / nchunks;
         std::vector<int64_t> partial(nchunks * l.C, 0);
         at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
