@@ -147,7 +147,7 @@ def test_float64_exactly_like_eager():
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-def nan_inf_case(dtype, device="cpu", cublaslt=False):
+def nan_inf_case(dtype, device="cpu", cublaslt=False, rows=16, in_f=8, out_f=6):
     """NaN, +-Inf and signed zeros flow exactly as in the eager composition.
 
     cublaslt=True checks the documented behaviour of CUDA's cuBLASLt epilogue
@@ -155,12 +155,12 @@ def nan_inf_case(dtype, device="cpu", cublaslt=False):
     is set where eager's threshold_backward blocks it), and in float16 and
     bfloat16 NaN/Inf outputs are not guaranteed to match eager's.
     """
-    x = torch.randn(16, 8, dtype=dtype, device=device)
+    x = torch.randn(rows, in_f, dtype=dtype, device=device)
     x[2, 3] = float("nan")
     x[5, 1] = float("inf")
     x[7, 0] = -float("inf")
-    w = torch.randn(6, 8, dtype=dtype, device=device)
-    b = torch.randn(6, dtype=dtype, device=device)
+    w = torch.randn(out_f, in_f, dtype=dtype, device=device)
+    b = torch.randn(out_f, dtype=dtype, device=device)
     b[4] = float("nan")
     w[1] = 0.0
     b[1] = -0.0  # pre-activation is exactly -0.0 or +0.0 on finite rows
@@ -175,9 +175,9 @@ def nan_inf_case(dtype, device="cpu", cublaslt=False):
     # Column 1 is ReLU(+-0) on finite rows: gradient blocked; on rows holding
     # NaN or +-Inf it is 0 * Inf = NaN: gradient passed (as in eager).
     _, mask = ops.fused_linear_relu_forward(x, w, b)
-    active = ops.relu_mask_unpack(mask, [16, 6])
+    active = ops.relu_mask_unpack(mask, [rows, out_f])
     odd_rows = [2, 5, 7]
-    finite_rows = [r for r in range(16) if r not in odd_rows]
+    finite_rows = [r for r in range(rows) if r not in odd_rows]
     if cublaslt:
         assert active[finite_rows, 1].all(), f"cuBLASLt: exact zeros pass the gradient: {active[:, 1].tolist()}"
     else:
@@ -195,7 +195,7 @@ def nan_inf_case(dtype, device="cpu", cublaslt=False):
     ours = torch.autograd.grad(y, (xr, wr, br), g)
     if cublaslt:
         _, mask64 = ops.fused_linear_relu_forward(xr.detach(), wr.detach(), br.detach())
-        gm = torch.where(ops.relu_mask_unpack(mask64, [16, 6]), g, 0.0)
+        gm = torch.where(ops.relu_mask_unpack(mask64, [rows, out_f]), g, 0.0)
         expected = (gm @ wr.detach(), gm.T @ xr.detach(), gm.sum(0))
     else:
         xe, we, be = (t.detach().double().requires_grad_() for t in (x, w, b))
@@ -207,6 +207,28 @@ def nan_inf_case(dtype, device="cpu", cublaslt=False):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_nan_inf_signed_zero(dtype):
     nan_inf_case(dtype)
+
+
+# float32 products our own AVX-512 kernels take where this CPU runs them
+# (_C.cpu_gemm() == "own-avx512"; ATen's elsewhere, and for fewer than 16
+# rows or 32 outputs): the edges of their 8 x 48 register tiles, reductions
+# deeper than one 256-deep block, more outputs than one 3072-wide block.
+OWN_GEMM_SHAPES = [((16,), 1, 32), ((17,), 5, 49), ((5, 9), 300, 97), ((16,), 513, 3100), ((130,), 16, 48)]
+
+
+@pytest.mark.parametrize("lead,in_f,out_f", OWN_GEMM_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+def test_own_float32_product(lead, in_f, out_f, layout):
+    x = make_input(lead, in_f, torch.float32, layout)
+    w = torch.randn(out_f, in_f) / in_f**0.5
+    if layout == "transposed":
+        w = (torch.randn(in_f, out_f) / in_f**0.5).T
+    check_forward_and_grads(x, w, torch.randn(out_f))
+    check_forward_and_grads(x, w, None)
+
+
+def test_own_float32_product_nan_inf_signed_zero():
+    nan_inf_case(torch.float32, rows=40, in_f=20, out_f=50)
 
 
 def test_relu_of_negative_zero_matches_torch(device="cpu"):
