@@ -34,7 +34,7 @@ struct View {
 // Applied to each element of C in the last reduction block: y = c + bias[j]
 // (bias may be null), then, when relu, the mask bit of (i, j) is set where y
 // is not <= 0 (positive or NaN: exactly where ReLU passes a gradient) and
-// y = bit ? y : +0. mask may be null; otherwise bit i * mask_ld + j (LSB
+// y = y < 0 ? 0 : y (csrc/core/relu_math.h). mask may be null; otherwise bit i * mask_ld + j (LSB
 // first) is OR'ed into bytes the caller zeroed. A thread's first row times
 // mask_ld must be a multiple of 8 (rows start on mask bytes).
 struct Epilogue {

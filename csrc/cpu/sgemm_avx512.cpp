@@ -196,9 +196,10 @@ RELU_EXT_SGEMM_TARGET void tile(int64_t kc, const float* a, const float* b, floa
       if (accumulate) y = _mm512_add_ps(_mm512_maskz_loadu_ps(vm[v], ci + 16 * v), y);
       if (add_bias) y = _mm512_add_ps(y, bias[v]);
       if (ep != nullptr && ep->relu) {
-        // Not <= 0, unordered: positive or NaN (relu passes NaN through).
+        // As csrc/core/relu_math.h: the mask bit is "not <= 0" (positive or
+        // NaN), the output y < 0 ? 0 : y (NaN and -0.0 kept, as torch.relu).
         const __mmask16 pass = _mm512_cmp_ps_mask(y, zero, _CMP_NLE_UQ) & vm[v];
-        y = _mm512_maskz_mov_ps(pass, y);
+        y = _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(y, zero, _CMP_LT_OQ), zero);
         bits |= static_cast<uint64_t>(pass) << (16 * v);
       }
       _mm512_mask_storeu_ps(ci + 16 * v, vm[v], y);
