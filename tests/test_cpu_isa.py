@@ -50,6 +50,9 @@ def make_inputs():
             ((8, 19, 7, 5), True),
             ((4, 64, 9, 9), True),
             ((2, 3, 1000), False),
+            ((40, 400), False),
+            ((70, 256), False),
+            ((2, 192, 5, 5), True),
         ):
             mf = torch.channels_last if cl else torch.contiguous_format
             x = special(torch.randn(shape, generator=g).to(dtype)).contiguous(memory_format=mf)

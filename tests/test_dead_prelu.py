@@ -66,9 +66,13 @@ CASES = [
     ((6, 48, 5, 3), "channels_last"),
     ((9, 2100), "contiguous"),  # more channels than one counter group (1024), odd tail
     # Rows of several register groups of channels, over more than one chunk
-    # of rows (~1 MiB): 25 vectors of 16 floats (groups of 8, 8, 8, 1).
+    # of rows (~1 MiB): 25 vectors of 16 floats (groups of 8, 8, 8, 1), and
+    # 256 channels (16-bit counters with AVX-512, groups with AVX2).
     ((1100, 400), "contiguous"),
     ((3, 256, 20, 20), "channels_last"),
+    # 160..512 channels, a multiple of 32: 16-bit counters in registers (AVX-512).
+    ((33, 160), "contiguous"),
+    ((2, 512, 3, 7), "channels_last"),
 ]
 
 

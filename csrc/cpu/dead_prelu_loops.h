@@ -18,6 +18,10 @@
 #include "../core/relu_math.h"
 #include "loops_isa.h"
 
+#if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 
 // Sums and counts are kept in 32-bit counters and Acc (float for the 16-bit
@@ -133,6 +137,87 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows_generic(const T* __restrict x, T* __
   }
 }
 
+#if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
+// AVX-512 build, float rows of C = 32 * NU channels (160..512): in memory
+// order with every counter in a register, as 16-bit lanes (two vectors of
+// channels per counter register), flushed every kI16Flush rows. Measured on
+// 8x256x28x28 channels-last, 3 rotating inputs: 1.5x a copy's time with
+// groups of channels (prelu_forward_rows_nt over chunks), 1.7-2.3x with the
+// counter array.
+constexpr int64_t kI16Flush = 32767;
+
+template <int NU>
+RELU_EXT_CPU_TARGET void prelu_forward_rows_i16(const float* __restrict x, float* __restrict y,
+                                                const float* __restrict wt, int64_t rows,
+                                                int64_t* counts) {
+  constexpr int64_t kC = 32 * NU;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i one = _mm512_set1_epi16(1);
+  for (int64_t s0 = 0; s0 < rows; s0 += kI16Flush) {
+    const int64_t s1 = std::min(rows, s0 + kI16Flush);
+    __m512i cnt[NU];
+    for (int u = 0; u < NU; ++u) cnt[u] = _mm512_setzero_si512();
+    for (int64_t r = s0; r < s1; ++r) {
+      const float* xr = x + r * kC;
+      float* yr = y + r * kC;
+      for (int u = 0; u < NU; ++u) {
+        const __m512 v0 = _mm512_loadu_ps(xr + 32 * u);
+        const __m512 v1 = _mm512_loadu_ps(xr + 32 * u + 16);
+        // x > 0 ? x : w * x, as core::prelu; active = x > 0.
+        const __mmask16 p0 = _mm512_cmp_ps_mask(v0, zero, _CMP_GT_OQ);
+        const __mmask16 p1 = _mm512_cmp_ps_mask(v1, zero, _CMP_GT_OQ);
+        _mm512_storeu_ps(yr + 32 * u, _mm512_mask_blend_ps(
+                                          p0, _mm512_mul_ps(_mm512_load_ps(wt + 32 * u), v0), v0));
+        _mm512_storeu_ps(
+            yr + 32 * u + 16,
+            _mm512_mask_blend_ps(p1, _mm512_mul_ps(_mm512_load_ps(wt + 32 * u + 16), v1), v1));
+        cnt[u] = _mm512_mask_add_epi16(cnt[u], _mm512_kunpackw(p1, p0), cnt[u], one);
+      }
+    }
+    alignas(64) int16_t lanes[32];
+    for (int u = 0; u < NU; ++u) {
+      _mm512_store_si512(lanes, cnt[u]);
+      for (int j = 0; j < 32; ++j) counts[32 * u + j] += lanes[j];
+    }
+  }
+}
+
+// prelu_forward_rows_i16 for a run-time C; false where it does not apply.
+RELU_EXT_CPU_TARGET inline bool prelu_forward_rows_i16_any(const float* x, float* y,
+                                                           const float* wt, int64_t rows, int64_t C,
+                                                           int64_t* counts) {
+  if (C % 32 != 0) return false;
+  switch (C / 32) {
+    case 5:
+      return prelu_forward_rows_i16<5>(x, y, wt, rows, counts), true;
+    case 6:
+      return prelu_forward_rows_i16<6>(x, y, wt, rows, counts), true;
+    case 7:
+      return prelu_forward_rows_i16<7>(x, y, wt, rows, counts), true;
+    case 8:
+      return prelu_forward_rows_i16<8>(x, y, wt, rows, counts), true;
+    case 9:
+      return prelu_forward_rows_i16<9>(x, y, wt, rows, counts), true;
+    case 10:
+      return prelu_forward_rows_i16<10>(x, y, wt, rows, counts), true;
+    case 11:
+      return prelu_forward_rows_i16<11>(x, y, wt, rows, counts), true;
+    case 12:
+      return prelu_forward_rows_i16<12>(x, y, wt, rows, counts), true;
+    case 13:
+      return prelu_forward_rows_i16<13>(x, y, wt, rows, counts), true;
+    case 14:
+      return prelu_forward_rows_i16<14>(x, y, wt, rows, counts), true;
+    case 15:
+      return prelu_forward_rows_i16<15>(x, y, wt, rows, counts), true;
+    case 16:
+      return prelu_forward_rows_i16<16>(x, y, wt, rows, counts), true;
+    default:
+      return false;
+  }
+}
+#endif
+
 // prelu_forward_rows_regs for a run-time number of vectors (1..kMaxRegVectors).
 template <typename Acc>
 RELU_EXT_CPU_TARGET void prelu_forward_rows_nt(int64_t nt, const Acc* x, Acc* y, const Acc* wt,
@@ -177,6 +262,11 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* __restrict x, T* __restrict
         prelu_forward_rows_nt<Acc>(C / kL, x, y, wt, rows, C, counts);
         return;
       }
+#if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
+      if constexpr (std::is_same_v<Acc, float>) {
+        if (prelu_forward_rows_i16_any(x, y, wt, rows, C, counts)) return;
+      }
+#endif
       // Wider rows: groups of kMaxRegVectors vectors of channels, each over a
       // chunk of rows (~1 MiB, so the next group finds it in L2), counters
       // in registers throughout. Chunks measured on 4096x512 and 8x256x28x28
