@@ -17,7 +17,7 @@ plus the activation bytes kept for backward (saved_tensors_hooks).
 Method: fixed thread count (recorded), warm-up, then rounds until a time
 budget, each round calling every competitor once (interleaved, so a slow
 spell of the machine hits all alike); median and inter-quartile range; each
-round takes the next of 3
+round (in an order that rotates) takes the next of 3
 input sets so caches do not flatter anyone; glibc malloc pinned at its steady
 state (see MALLOC_ENV) so that page faults do not depend on history. On CUDA (when visible and
 --device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
@@ -90,7 +90,10 @@ class Timer:
         The competitors are interleaved, one call each per round, so that a
         slow spell of this shared machine hits all of them alike instead of
         whichever was being timed (ratios of blocks timed one after the other
-        moved by up to 2x between runs)."""
+        moved by up to 2x between runs). The order rotates every round: a
+        call that follows a memory-hungry competitor pays for its evictions
+        (measured: dead_prelu at 1.2x a clone's time when it ran right after
+        eager, 0.96x when the clone did)."""
         for fn, inputs in competitors.values():
             for i in range(3):
                 fn(*inputs[i % len(inputs)])
@@ -99,7 +102,9 @@ class Timer:
         budget = self.budget * len(competitors)
         start_all, i = time.perf_counter(), 0
         while i < self.min_reps or (time.perf_counter() - start_all < budget and i < self.max_reps):
-            for name, (fn, inputs) in competitors.items():
+            order = list(competitors.items())
+            order = order[i % len(order) :] + order[: i % len(order)]
+            for name, (fn, inputs) in order:
                 times[name].append(self.once(fn, inputs[i % len(inputs)]))
             i += 1
         out = {}
