@@ -62,13 +62,16 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
         const int64_t nchunks = std::min<int64_t>(chunk_count(units, rows_path ? l.C : 1),
                                                   std::max(1, at::get_num_threads()));
         const int64_t per = (units + nchunks - 1) / nchunks;
-        std::vector<int64_t> partial(nchunks * l.C, 0);
+        int64_t* counts_p = counts.data_ptr<int64_t>();
+        // One chunk counts straight into the (zeroed) result: small inputs
+        // skip the partial buffers.
+        std::vector<int64_t> partial(nchunks > 1 ? nchunks * l.C : 0, 0);
         at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
             const int64_t u0 = c * per;
             const int64_t u1 = std::min(units, u0 + per);
             if (u0 >= u1) continue;
-            int64_t* cnt = partial.data() + c * l.C;
+            int64_t* cnt = nchunks > 1 ? partial.data() + c * l.C : counts_p;
             if (rows_path) {
               loops_t.prelu_forward_rows(x_p + u0 * l.C, y_p + u0 * l.C, w_p, w_scalar, u1 - u0,
                                          l.C, cnt);
@@ -77,8 +80,7 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
             }
           }
         });
-        int64_t* counts_p = counts.data_ptr<int64_t>();
-        for (int64_t c = 0; c < nchunks; ++c) {
+        for (int64_t c = 0; c < nchunks && nchunks > 1; ++c) {
           for (int64_t ch = 0; ch < l.C; ++ch) counts_p[ch] += partial[c * l.C + ch];
         }
       });
