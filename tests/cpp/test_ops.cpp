@@ -167,7 +167,10 @@ TEST(Ops, KernelPathsAtSizesThatSplitWork) {
   at::manual_seed(3);
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
     const auto opt = at::TensorOptions().dtype(dtype);
-    for (auto shape : std::vector<std::vector<int64_t>>{{1, 3, 5}, {9000, 16, 33}, {300, 7, 257}}) {
+    // {40, 300, 3100}: our float32 product's deep (k > 256) and wide
+    // (n > 3072) blocks where it runs (AVX-512, not Intel).
+    for (auto shape : std::vector<std::vector<int64_t>>{
+             {1, 3, 5}, {9000, 16, 33}, {300, 7, 257}, {40, 300, 3100}}) {
       auto x = at::randn({shape[0], shape[1]}, opt).requires_grad_();
       auto w = at::randn({shape[2], shape[1]}, opt).requires_grad_();
       auto b = at::randn({shape[2]}, opt).requires_grad_();
@@ -179,8 +182,15 @@ TEST(Ops, KernelPathsAtSizesThatSplitWork) {
       auto grads = torch::autograd::grad({y.to(at::kFloat).sum()}, {x, w, b});
       EXPECT_EQ(grads.size(), 3u);
     }
-    for (auto shape :
-         std::vector<std::vector<int64_t>>{{7}, {40000, 13}, {8, 7, 33, 35}, {2, 1, 30, 31}}) {
+    // Rows paths: 256 and 192 channels (16-bit register counters with
+    // AVX-512), 400 (groups of channel vectors over row chunks).
+    for (auto shape : std::vector<std::vector<int64_t>>{{7},
+                                                        {40000, 13},
+                                                        {8, 7, 33, 35},
+                                                        {2, 1, 30, 31},
+                                                        {70, 256},
+                                                        {1100, 400},
+                                                        {2, 192, 5, 5}}) {
       auto x = at::randn(shape, opt);
       if (shape.size() == 4) x = x.contiguous(at::MemoryFormat::ChannelsLast);
       x.requires_grad_();
