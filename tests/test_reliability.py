@@ -121,3 +121,14 @@ def test_more_than_2_31_elements():
     assert y.numel() > 2**31 and mask.numel() == (y.numel() + 7) // 8
     assert bool((y[-1] == 1.0).all()) and bool((y[0] == 0).all())
     assert ops.relu_mask_count(mask, y).tolist() == [1, 1, 1, 1]
+    del y, mask, x2
+    # float32 with more than 2^31 output elements: our own product where it
+    # runs (at least 16 rows and 32 outputs), ATen's elsewhere (about 9 GB).
+    rows = 2**26 + 8
+    x3 = torch.zeros(rows, 1)
+    x3[-1] = 1.0
+    x3[0] = -1.0
+    y, mask = ops.fused_linear_relu_forward(x3, torch.ones(32, 1), None)
+    assert y.numel() > 2**31 and mask.numel() == (y.numel() + 7) // 8
+    assert bool((y[-1] == 1.0).all()) and bool((y[0] == 0).all()) and float(y[1:-1].max()) == 0.0  # ReLU outputs: >= 0
+    assert ops.relu_mask_count(mask, y).tolist() == [1] * 32
