@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import MAG_TOL, assert_within, mask_bytes
 
+from torch_relu_ext import _C
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
@@ -213,7 +214,15 @@ def test_nan_inf_signed_zero(dtype):
 # (_C.cpu_gemm() == "own-avx512"; ATen's elsewhere, and for fewer than 16
 # rows or 32 outputs): the edges of their 8 x 48 register tiles, reductions
 # deeper than one 256-deep block, more outputs than one 3072-wide block.
-OWN_GEMM_SHAPES = [((16,), 1, 32), ((17,), 5, 49), ((5, 9), 300, 97), ((16,), 513, 3100), ((130,), 16, 48)]
+# ((20,), 40, 200): 3 row tiles, so with 2+ threads columns are split too.
+OWN_GEMM_SHAPES = [
+    ((16,), 1, 32),
+    ((17,), 5, 49),
+    ((5, 9), 300, 97),
+    ((16,), 513, 3100),
+    ((130,), 16, 48),
+    ((20,), 40, 200),
+]
 
 
 @pytest.mark.parametrize("lead,in_f,out_f", OWN_GEMM_SHAPES, ids=str)
@@ -229,6 +238,36 @@ def test_own_float32_product(lead, in_f, out_f, layout):
 
 def test_own_float32_product_nan_inf_signed_zero():
     nan_inf_case(torch.float32, rows=40, in_f=20, out_f=50)
+
+
+@pytest.mark.parametrize("lead,in_f,out_f", [((20,), 40, 200), ((300,), 70, 130), ((16,), 513, 3100)], ids=str)
+def test_float32_results_do_not_depend_on_thread_count(lead, in_f, out_f):
+    """Forward, mask and all three gradients bitwise equal on 1, 2 and 7
+    threads: our product splits rows, and columns when rows are few, without
+    changing any element's order of summation. (Where ATen's products run
+    instead, they are compared within rounding.)"""
+    torch.manual_seed(5)
+    x = torch.randn(*lead, in_f)
+    w = torch.randn(out_f, in_f) / in_f**0.5
+    b = torch.randn(out_f)
+    g = torch.randn(*lead, out_f)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 7):
+            torch.set_num_threads(n)
+            out, mask = ops.fused_linear_relu_forward(x, w, b)
+            results.append((out, mask, *ops.fused_linear_relu_backward(g, x, w, mask, [True, True, True])))
+    finally:
+        torch.set_num_threads(threads)
+    own = _C.cpu_gemm() != "aten"
+    for other in results[1:]:
+        for i, (a, e) in enumerate(zip(results[0], other)):
+            if own:
+                assert torch.equal(a, e), f"output {i}"
+            elif i in (0, 2, 3):  # ATen's products: within rounding (the mask
+                # and grad_bias follow the products' signs near zero)
+                torch.testing.assert_close(a, e)
 
 
 def test_relu_of_negative_zero_matches_torch(device="cpu"):

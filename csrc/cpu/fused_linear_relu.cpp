@@ -78,28 +78,54 @@ class Scratch {
 // C (m x n, row-major, leading dimension ldc) = or += (accumulate) a x b, with
 // our float32 kernels (sgemm.h); ep, when given, is applied to the finished
 // result. Threads split C's rows in whole register tiles (so, for the mask,
-// in multiples of 8 rows); each element is reduced in the same order
-// whatever the split. k must be > 0.
+// in multiples of 8 rows) and, when there are too few row tiles to keep every
+// thread busy, its columns in whole panels too (only where mask bytes cannot
+// straddle two column groups: no mask, or a mask row length that is a
+// multiple of 8 bits). Each element is reduced in the same order whatever
+// the split. k must be > 0.
 void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t m, int64_t n,
               int64_t k, float* c, int64_t ldc, bool accumulate, const sgemm::Epilogue* ep) {
   thread_local Scratch packed_b_buf;
   float* packed_b = packed_b_buf.get(kern.packed_b_floats(kern.kc, kern.nc));
   const int64_t row_tiles = (m + kern.mr - 1) / kern.mr;
+  const int64_t threads = at::get_num_threads();
+  const bool columns_may_split = ep == nullptr || ep->mask == nullptr || ep->mask_ld % 8 == 0;
   for (int64_t j0 = 0; j0 < n; j0 += kern.nc) {
     const int64_t nc = std::min(kern.nc, n - j0);
     const int64_t panels = (nc + kern.nr - 1) / kern.nr;
+    const int64_t col_groups = columns_may_split && row_tiles < 2 * threads
+                                   ? std::min(panels, (2 * threads + row_tiles - 1) / row_tiles)
+                                   : 1;
+    const int64_t group_panels = (panels + col_groups - 1) / col_groups;
     for (int64_t k0 = 0; k0 < k; k0 += kern.kc) {
       const int64_t kc = std::min(kern.kc, k - k0);
       const bool last = k0 + kc >= k;
       at::parallel_for(
           0, panels, std::max<int64_t>(1, 16384 / (kc * kern.nr)),
           [&](int64_t p0, int64_t p1) { kern.pack_b(b, k0, kc, j0, nc, p0, p1, packed_b); });
-      // Tiles per task: at least ~256k multiply-adds.
-      const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kern.mr * nc * kc));
-      at::parallel_for(0, row_tiles, grain, [&](int64_t t0, int64_t t1) {
+      // Tasks (a row tile x a column group each), as many per thread as make
+      // at least ~256k multiply-adds.
+      const int64_t task_macs = kern.mr * std::min(nc, group_panels * kern.nr) * kc;
+      const int64_t grain = std::max<int64_t>(1, (1 << 18) / task_macs);
+      at::parallel_for(0, row_tiles * col_groups, grain, [&](int64_t t0, int64_t t1) {
         thread_local Scratch a_buf;
-        kern.block(a, t0 * kern.mr, std::min(m, t1 * kern.mr), k0, kc, packed_b, j0, nc, c, ldc,
-                   accumulate || k0 > 0, last ? ep : nullptr, a_buf.get(kern.a_scratch_floats()));
+        float* a_scratch = a_buf.get(kern.a_scratch_floats());
+        for (int64_t t = t0; t < t1;) {
+          // A run of tasks in one column group: its consecutive row tiles.
+          const int64_t g = t % col_groups;
+          const int64_t r0 = t / col_groups;
+          int64_t r1 = r0 + 1;
+          if (col_groups == 1) r1 = r0 + (t1 - t);
+          t += r1 - r0;
+          const int64_t p0 = g * group_panels;
+          const int64_t p1 = std::min(panels, p0 + group_panels);
+          if (p0 >= p1) continue;
+          const int64_t n0 = j0 + p0 * kern.nr;
+          kern.block(a, r0 * kern.mr, std::min(m, r1 * kern.mr), k0, kc,
+                     packed_b + p0 * kc * kern.nr, n0,
+                     std::min(nc - p0 * kern.nr, (p1 - p0) * kern.nr), c, ldc, accumulate || k0 > 0,
+                     last ? ep : nullptr, a_scratch);
+        }
       });
     }
   }
