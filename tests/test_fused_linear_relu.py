@@ -226,7 +226,7 @@ OWN_GEMM_SHAPES = [
 
 
 @pytest.mark.parametrize("lead,in_f,out_f", OWN_GEMM_SHAPES, ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "sliced", "expanded"])
 def test_own_float32_product(lead, in_f, out_f, layout):
     x = make_input(lead, in_f, torch.float32, layout)
     w = torch.randn(out_f, in_f) / in_f**0.5
