@@ -156,33 +156,33 @@ inline void or_bits(uint8_t* mask, int64_t bit, uint64_t bits, int n) {
   for (int i = 0; i < nbytes; ++i) m[i] |= static_cast<uint8_t>(v >> (8 * i));
 }
 
-// One mr x nr tile: c[0:mr_valid, 0:nr_valid] (= | +=) a_panel x b_panel,
+// One tile of mr x 16 V columns (V <= 3 vectors; a panel's last, narrower
+// columns take a narrower tile: N = 64 would otherwise spend a third of its
+// work on padding): c[0:mr_valid, 0:nr_valid] (= | +=) a_panel x b_panel,
 // then the epilogue when ep is given (row0/col0: the tile's place in C).
+template <int V>
 RELU_EXT_SGEMM_TARGET void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc,
                                 int64_t mr_valid, int64_t nr_valid, bool accumulate,
                                 const Epilogue* ep, int64_t row0, int64_t col0) {
-  __m512 acc[kMR][kVecs];
+  __m512 acc[kMR][V];
   for (int i = 0; i < kMR; ++i)
-    for (int v = 0; v < kVecs; ++v) acc[i][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[i][v] = _mm512_setzero_ps();
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
-    const __m512 b0 = _mm512_loadu_ps(b + k * kNR);
-    const __m512 b1 = _mm512_loadu_ps(b + k * kNR + 16);
-    const __m512 b2 = _mm512_loadu_ps(b + k * kNR + 32);
+    __m512 bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = _mm512_loadu_ps(b + k * kNR + 16 * v);
     const float* ak = a + k * kMR;
     for (int i = 0; i < kMR; ++i) {
       const __m512 ai = _mm512_set1_ps(ak[i]);
-      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
-      acc[i][2] = _mm512_fmadd_ps(ai, b2, acc[i][2]);
+      for (int v = 0; v < V; ++v) acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);
     }
   }
 
-  __mmask16 vm[kVecs];
-  for (int v = 0; v < kVecs; ++v) vm[v] = lanes(nr_valid - 16 * v);
-  __m512 bias[kVecs];
+  __mmask16 vm[V];
+  for (int v = 0; v < V; ++v) vm[v] = lanes(nr_valid - 16 * v);
+  __m512 bias[V];
   const bool add_bias = ep != nullptr && ep->bias != nullptr;
-  for (int v = 0; v < kVecs; ++v) {
+  for (int v = 0; v < V; ++v) {
     bias[v] =
         add_bias ? _mm512_maskz_loadu_ps(vm[v], ep->bias + col0 + 16 * v) : _mm512_setzero_ps();
   }
@@ -191,7 +191,7 @@ RELU_EXT_SGEMM_TARGET void tile(int64_t kc, const float* a, const float* b, floa
     if (i >= mr_valid) break;
     float* ci = c + i * ldc;
     uint64_t bits = 0;
-    for (int v = 0; v < kVecs; ++v) {
+    for (int v = 0; v < V; ++v) {
       __m512 y = acc[i][v];
       if (accumulate) y = _mm512_add_ps(_mm512_maskz_loadu_ps(vm[v], ci + 16 * v), y);
       if (add_bias) y = _mm512_add_ps(y, bias[v]);
@@ -222,9 +222,10 @@ RELU_EXT_SGEMM_TARGET void block(View a, int64_t m0, int64_t m1, int64_t k0, int
       const int64_t j0 = n0 + p * kNR;
       const int64_t nr_valid = std::min<int64_t>(kNR, n0 + nc - j0);
       const float* bp = packed_b + p * kc * kNR;
+      const auto tile_v = nr_valid > 32 ? &tile<3> : nr_valid > 16 ? &tile<2> : &tile<1>;
       for (int64_t q = 0; q < mc; q += kMR) {
-        tile(kc, a_scratch + q * kc, bp, c + (i0 + q) * ldc + j0, ldc,
-             std::min<int64_t>(kMR, mc - q), nr_valid, accumulate, ep, i0 + q, j0);
+        tile_v(kc, a_scratch + q * kc, bp, c + (i0 + q) * ldc + j0, ldc,
+               std::min<int64_t>(kMR, mc - q), nr_valid, accumulate, ep, i0 + q, j0);
       }
     }
   }
