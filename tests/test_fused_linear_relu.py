@@ -212,8 +212,9 @@ def test_nan_inf_signed_zero(dtype):
 
 # float32 products our own AVX-512 kernels take where this CPU runs them
 # (_C.cpu_gemm() == "own-avx512"; ATen's elsewhere, and for fewer than 16
-# rows or 32 outputs): the edges of their 8 x 48 register tiles, reductions
-# deeper than one 256-deep block, more outputs than one 3072-wide block.
+# rows or 8 outputs): the edges of their 8 x 48 register tiles (and the
+# narrower tiles of a panel's last 1-32 columns), reductions deeper than one
+# 256-deep block, more outputs than one 3072-wide block.
 # ((20,), 40, 200): 3 row tiles, so with 2+ threads columns are split too.
 OWN_GEMM_SHAPES = [
     ((16,), 1, 32),
@@ -222,6 +223,8 @@ OWN_GEMM_SHAPES = [
     ((16,), 513, 3100),
     ((130,), 16, 48),
     ((20,), 40, 200),
+    ((16,), 30, 8),
+    ((33,), 7, 20),
 ]
 
 

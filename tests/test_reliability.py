@@ -123,7 +123,7 @@ def test_more_than_2_31_elements():
     assert ops.relu_mask_count(mask, y).tolist() == [1, 1, 1, 1]
     del y, mask, x2
     # float32 with more than 2^31 output elements: our own product where it
-    # runs (at least 16 rows and 32 outputs), ATen's elsewhere (about 9 GB).
+    # runs (at least 16 rows and 8 outputs), ATen's elsewhere (about 9 GB).
     rows = 2**26 + 8
     x3 = torch.zeros(rows, 1)
     x3[-1] = 1.0

@@ -131,12 +131,13 @@ void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t 
   }
 }
 
-// Products own_gemm takes: its 8 x 48 register tiles waste most of their work
-// on fewer rows or columns, and for a handful of rows packing B (a full pass
-// over the weight) costs more than BLAS's whole product. Measured on the
-// Zen 5 (times of ATen's): 1 row 3.4x, 4 rows 1.1x, 16 rows 0.7x; 16
-// columns 1.3x, 32 columns 0.8x.
-bool own_gemm_fits(int64_t m, int64_t n, int64_t k) { return m >= 16 && n >= 32 && k > 0; }
+// Products own_gemm takes: its 8-row tiles waste most of their work on fewer
+// rows, and for a handful of rows packing B (a full pass over the weight)
+// costs more than BLAS's whole product; below 8 columns, even its narrowest
+// tile (16 columns) is mostly padding. Measured on the Zen 5 (times of
+// ATen's): 1 row 3.4x, 4 rows 1.1x, 16 rows 0.7x; 1-4 columns 1.1-2.5x, 8-24
+// columns 0.5-0.6x.
+bool own_gemm_fits(int64_t m, int64_t n, int64_t k) { return m >= 16 && n >= 8 && k > 0; }
 
 // Strided view of a 2-D float tensor for own_gemm, transposed when asked.
 sgemm::View view_of(const Tensor& t, bool transpose = false) {
