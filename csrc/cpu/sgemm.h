@@ -3,7 +3,7 @@
 // mask bits) to the result while it is still in registers.
 //
 // Why it exists: PyTorch's CPU wheels multiply float32 matrices with MKL,
-// and MKL runs its AVX2 code on CPUs that are not Intel's. On the AMD EPYC
+// which chooses its AVX-512 kernels for Intel CPUs. On the AMD EPYC
 // (Zen 5) this project is benchmarked on, torch.addmm reached 165-220 GFLOPS
 // on two cores, 39% of the measured AVX-512 peak (548 GFLOPS, 2 FMA/cycle of
 // 16 floats at 4.3 GHz); oneDNN's AVX-512 kernels reach 470-518 GFLOPS on the
