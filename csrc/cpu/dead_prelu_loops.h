@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../core/relu_math.h"
@@ -182,64 +183,30 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows_i16(const float* __restrict x, float
   }
 }
 
-// prelu_forward_rows_i16 for a run-time C; false where it does not apply.
-RELU_EXT_CPU_TARGET inline bool prelu_forward_rows_i16_any(const float* x, float* y,
-                                                           const float* wt, int64_t rows, int64_t C,
-                                                           int64_t* counts) {
-  if (C % 32 != 0) return false;
-  switch (C / 32) {
-    case 5:
-      return prelu_forward_rows_i16<5>(x, y, wt, rows, counts), true;
-    case 6:
-      return prelu_forward_rows_i16<6>(x, y, wt, rows, counts), true;
-    case 7:
-      return prelu_forward_rows_i16<7>(x, y, wt, rows, counts), true;
-    case 8:
-      return prelu_forward_rows_i16<8>(x, y, wt, rows, counts), true;
-    case 9:
-      return prelu_forward_rows_i16<9>(x, y, wt, rows, counts), true;
-    case 10:
-      return prelu_forward_rows_i16<10>(x, y, wt, rows, counts), true;
-    case 11:
-      return prelu_forward_rows_i16<11>(x, y, wt, rows, counts), true;
-    case 12:
-      return prelu_forward_rows_i16<12>(x, y, wt, rows, counts), true;
-    case 13:
-      return prelu_forward_rows_i16<13>(x, y, wt, rows, counts), true;
-    case 14:
-      return prelu_forward_rows_i16<14>(x, y, wt, rows, counts), true;
-    case 15:
-      return prelu_forward_rows_i16<15>(x, y, wt, rows, counts), true;
-    case 16:
-      return prelu_forward_rows_i16<16>(x, y, wt, rows, counts), true;
-    default:
-      return false;
+#endif
+
+// Calls f(std::integral_constant<int, W>{}) for the W in [Lo, Hi] equal to n
+// (register widths must be compile-time constants); false when none is.
+template <int Lo, int Hi, typename F>
+inline bool with_width(int64_t n, F&& f) {
+  if constexpr (Lo > Hi) {
+    return false;
+  } else {
+    if (n == Lo) {
+      f(std::integral_constant<int, Lo>{});
+      return true;
+    }
+    return with_width<Lo + 1, Hi>(n, f);
   }
 }
-#endif
 
 // prelu_forward_rows_regs for a run-time number of vectors (1..kMaxRegVectors).
 template <typename Acc>
 RELU_EXT_CPU_TARGET void prelu_forward_rows_nt(int64_t nt, const Acc* x, Acc* y, const Acc* wt,
                                                int64_t rows, int64_t ld, int64_t* counts) {
-  switch (nt) {
-    case 1:
-      return prelu_forward_rows_regs<Acc, 1>(x, y, wt, rows, ld, counts);
-    case 2:
-      return prelu_forward_rows_regs<Acc, 2>(x, y, wt, rows, ld, counts);
-    case 3:
-      return prelu_forward_rows_regs<Acc, 3>(x, y, wt, rows, ld, counts);
-    case 4:
-      return prelu_forward_rows_regs<Acc, 4>(x, y, wt, rows, ld, counts);
-    case 5:
-      return prelu_forward_rows_regs<Acc, 5>(x, y, wt, rows, ld, counts);
-    case 6:
-      return prelu_forward_rows_regs<Acc, 6>(x, y, wt, rows, ld, counts);
-    case 7:
-      return prelu_forward_rows_regs<Acc, 7>(x, y, wt, rows, ld, counts);
-    default:
-      return prelu_forward_rows_regs<Acc, 8>(x, y, wt, rows, ld, counts);
-  }
+  with_width<1, kMaxRegVectors>(nt, [&](auto w) {
+    prelu_forward_rows_regs<Acc, decltype(w)::value>(x, y, wt, rows, ld, counts);
+  });
 }
 
 // Rows up to which the register paths run (the weights are copied to a stack
@@ -264,7 +231,12 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* __restrict x, T* __restrict
       }
 #if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
       if constexpr (std::is_same_v<Acc, float>) {
-        if (prelu_forward_rows_i16_any(x, y, wt, rows, C, counts)) return;
+        // 160..512 channels, a multiple of 32.
+        if (C % 32 == 0 && with_width<5, 16>(C / 32, [&](auto nu) {
+              prelu_forward_rows_i16<decltype(nu)::value>(x, y, wt, rows, counts);
+            })) {
+          return;
+        }
       }
 #endif
       // Wider rows: groups of kMaxRegVectors vectors of channels, each over a
