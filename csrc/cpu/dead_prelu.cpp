@@ -80,8 +80,10 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
             }
           }
         });
-        for (int64_t c = 0; c < nchunks && nchunks > 1; ++c) {
-          for (int64_t ch = 0; ch < l.C; ++ch) counts_p[ch] += partial[c * l.C + ch];
+        if (nchunks > 1) {
+          for (int64_t c = 0; c < nchunks; ++c) {
+            for (int64_t ch = 0; ch < l.C; ++ch) counts_p[ch] += partial[c * l.C + ch];
+          }
         }
       });
   return {out, counts};
