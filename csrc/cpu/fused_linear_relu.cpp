@@ -86,7 +86,7 @@ class Scratch {
 void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t m, int64_t n,
               int64_t k, float* c, int64_t ldc, bool accumulate, const sgemm::Epilogue* ep) {
   thread_local Scratch packed_b_buf;
-  float* packed_b = packed_b_buf.get(kern.packed_b_floats(kern.kc, kern.nc));
+  float* packed_b = packed_b_buf.get(kern.packed_b_floats);
   const int64_t row_tiles = (m + kern.mr - 1) / kern.mr;
   const int64_t threads = at::get_num_threads();
   const bool columns_may_split = ep == nullptr || ep->mask == nullptr || ep->mask_ld % 8 == 0;
@@ -109,7 +109,7 @@ void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t 
       const int64_t grain = std::max<int64_t>(1, (1 << 18) / task_macs);
       at::parallel_for(0, row_tiles * col_groups, grain, [&](int64_t t0, int64_t t1) {
         thread_local Scratch a_buf;
-        float* a_scratch = a_buf.get(kern.a_scratch_floats());
+        float* a_scratch = a_buf.get(kern.a_scratch_floats);
         for (int64_t t = t0; t < t1;) {
           // A run of tasks in one column group: its consecutive row tiles.
           const int64_t g = t % col_groups;
@@ -278,7 +278,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
   const int64_t nblocks = (rows + brows - 1) / brows;
   Tensor gm;
   if (want_gm) gm = at::empty({brows, out_f}, g.options());
-  const sgemm::Kernels* own = in_f > 0 ? own_sgemm() : nullptr;
+  const sgemm::Kernels* own = own_sgemm();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu", [&] {

@@ -49,10 +49,8 @@ struct Kernels {
   int64_t kc, mc;  // reduction block, rows of A per packed block
   int64_t nc;      // columns of C per packed block of B
 
-  // Floats of a packed block of B of kc x nc (panels padded to nr columns).
-  int64_t (*packed_b_floats)(int64_t kc, int64_t nc);
-  // Floats of one thread's A scratch.
-  int64_t (*a_scratch_floats)();
+  int64_t packed_b_floats;   // a packed kc x nc block of B (panels padded to nr)
+  int64_t a_scratch_floats;  // one thread's packed mc x kc block of A
   // Packs B[k0:k0+kc, n0:n0+nc]'s panels [p0, p1) (nr columns each) into dst,
   // which holds the whole block's panels.
   void (*pack_b)(View b, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int64_t p0, int64_t p1,

@@ -36,9 +36,7 @@ constexpr int kVecs = kNR / 16;
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = 256;
 constexpr int64_t kNC = 3072;
-
-int64_t packed_b_floats(int64_t kc, int64_t nc) { return kc * ((nc + kNR - 1) / kNR) * kNR; }
-int64_t a_scratch_floats() { return kMC * kKC; }
+static_assert(kNC % kNR == 0, "a packed block of B is kKC x kNC floats, whole panels");
 
 RELU_EXT_SGEMM_TARGET inline __mmask16 lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
@@ -234,8 +232,7 @@ RELU_EXT_SGEMM_TARGET void block(View a, int64_t m0, int64_t m1, int64_t k0, int
 }  // namespace
 
 const Kernels* avx512() {
-  static const Kernels k{kMR,     kNR,   kKC, kMC, kNC, &packed_b_floats, &a_scratch_floats,
-                         &pack_b, &block};
+  static const Kernels k{kMR, kNR, kKC, kMC, kNC, kKC * kNC, kMC * kKC, &pack_b, &block};
   return &k;
 }
 
