@@ -81,10 +81,6 @@ class Timer:
     def __init__(self, device, budget_s, min_reps, max_reps):
         self.device, self.budget, self.min_reps, self.max_reps = device, budget_s, min_reps, max_reps
 
-    def __call__(self, fn, inputs):
-        """Median and IQR in ms of fn(*inputs[i % len(inputs)])."""
-        return self.group({"fn": (fn, inputs)})["fn"]
-
     def group(self, competitors):
         """{name: (fn, inputs)} -> {name: (median ms, IQR ms, repetitions)}.
         The competitors are interleaved, one call each per round, so that a
