@@ -1,8 +1,18 @@
 """Shared helpers: tolerances and float64 references."""
 
+import os
 import socket
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(**extra):
+    """Environment for a child Python process that imports this checkout's
+    torch_relu_ext, plus `extra` variables."""
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
 
 # Bound on |computed - exact| as a multiple of the magnitude bound
 # sum_k |x_k w_k| (+|b|) of the exact value. float64/float32: a few units of

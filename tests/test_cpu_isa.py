@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from helpers import child_env
 
 from torch_relu_ext import _C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISAS = ["default", "avx2", "avx512"]
 
 
@@ -141,7 +141,7 @@ def test_cpu_isa_reports_a_known_build():
 
 
 def test_cpu_gemm_setting_is_checked():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), TORCH_RELU_EXT_CPU_GEMM="mkl")
+    env = child_env(TORCH_RELU_EXT_CPU_GEMM="mkl")
     code = "import torch, torch_relu_ext; torch_relu_ext.fused_linear_relu(torch.ones(2, 3), torch.ones(4, 3))"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
@@ -151,7 +151,6 @@ def test_cpu_gemm_setting_is_checked():
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64", reason="x86-64 Linux only")
 def test_every_isa_build_gives_bitwise_identical_results(tmp_path):
     flags = cpu_flags()
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     inputs = tmp_path / "inputs.pt"
     inputs_by_key = make_inputs()
     torch.save(inputs_by_key, inputs)
@@ -162,7 +161,7 @@ def test_every_isa_build_gives_bitwise_identical_results(tmp_path):
         path = tmp_path / f"{isa}-{gemm}.pt"
         proc = subprocess.run(
             [sys.executable, "-c", COMPUTE, str(inputs), str(path)],
-            env=dict(env, ATEN_CPU_CAPABILITY=isa, TORCH_RELU_EXT_CPU_GEMM=gemm),
+            env=child_env(ATEN_CPU_CAPABILITY=isa, TORCH_RELU_EXT_CPU_GEMM=gemm),
             capture_output=True,
             text=True,
             timeout=300,

@@ -1,23 +1,22 @@
 """python -m torch_relu_ext: info and self-check."""
 
-import os
 import subprocess
 import sys
 
 import torch
+from helpers import child_env
 
-import torch_relu_ext  # noqa: F401
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import torch_relu_ext
 
 
 def test_info_command_runs_and_self_checks():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", "torch_relu_ext"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "torch-relu-ext 0.1.0" in out
     assert "self-check cpu: OK" in out
+    assert f"CPU float32 matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
     row = next(line for line in out.splitlines() if line.startswith("fused_linear_relu ")).split()
     assert row[1] == "yes" and row[3] == "yes"  # CPU and Autograd kernels
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")

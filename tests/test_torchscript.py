@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import torch
+from helpers import ROOT, child_env
 from models import Net, grads_of
 
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def assert_same(a_list, b_list, tol=1e-6):
@@ -62,7 +61,7 @@ def test_save_and_load_in_fresh_process(tmp_path):
             "m = torch.jit.load(sys.argv[1])\n"
             "torch.save(grads_of(m, torch.load(sys.argv[2])), sys.argv[3])\n"
         )
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = child_env()
         proc = subprocess.run(
             [sys.executable, "-c", code, str(path), str(tmp_path / "x.pt"), str(out), os.path.join(ROOT, "tests")],
             capture_output=True,
