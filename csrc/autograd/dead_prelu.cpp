@@ -1,40 +1,17 @@
-// Autograd of dead_prelu, registered in C++ on the Autograd key. The active
-// counts are integer statistics and not differentiable.
+// Autograd of dead_prelu, registered in C++ on the Autograd key (reverse and
+// forward mode, see csrc/autograd/autograd_utils.h). The active counts are
+// integer statistics and not differentiable.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_utils.h"
 #include "torch_relu_ext/ops.h"
 
 namespace torch_relu_ext::autograd {
 namespace {
-
-using at::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-class DeadPreluFunction : public torch::autograd::Function<DeadPreluFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, counts] = torch_relu_ext::dead_prelu(input, weight);
-    ctx->save_for_backward({input, weight});
-    ctx->mark_non_differentiable({counts});
-    return {out, counts};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor& grad = grads[0];
-    if (!grad.defined()) return {Tensor(), Tensor()};
-    auto [gi, gw] = torch_relu_ext::dead_prelu_backward(
-        grad, saved[0], saved[1], {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
-    return {gi, gw};
-  }
-};
 
 // Weight broadcast against the input (channel dim 1), as F.prelu does.
 // Symbolic-shape safe: AOTAutograd traces this with dynamic sizes.
@@ -57,77 +34,143 @@ Tensor reduce_to_weight(const Tensor& t, const Tensor& weight) {
   return t.sum(dims).reshape_symint(weight.sym_sizes());
 }
 
-// Double backward. With pos = input > 0 (piecewise constant in input):
-//   grad_input  = where(pos, g, w * g)
-//   grad_weight = reduce(where(pos, 0, x * g))
-class DeadPreluBackwardFunction : public torch::autograd::Function<DeadPreluBackwardFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& grad_output, const Tensor& input,
-                               const Tensor& weight, std::array<bool, 2> output_mask) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [gi, gw] = torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
-    ctx->save_for_backward({grad_output, input, weight});
-    // A Function's outputs must be defined: return the selected ones only.
-    ctx->saved_data["grad_input"] = output_mask[0];
-    ctx->saved_data["grad_weight"] = output_mask[1];
-    variable_list outs;
-    if (output_mask[0]) outs.push_back(gi);
-    if (output_mask[1]) outs.push_back(gw);
-    return outs;
-  }
+Tensor zero_like_scalar(const Tensor& t) { return at::zeros({}, t.options()); }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
-    const Tensor& g = saved[0];
-    const Tensor& x = saved[1];
-    const Tensor& weight = saved[2];
-    const bool has_gi = ctx->saved_data["grad_input"].toBool();
-    const bool has_gw = ctx->saved_data["grad_weight"].toBool();
-    const Tensor gg_input = has_gi ? grads[0] : Tensor();
-    const Tensor gg_weight = has_gw ? grads[has_gi ? 1 : 0] : Tensor();
-    const Tensor pos = x > 0;
-    const Tensor zero = at::zeros({}, x.options());
-    const Tensor w = broadcast_weight(weight, x);
-    const Tensor ggw = gg_weight.defined() ? broadcast_weight(gg_weight, x) : Tensor();
-
-    Tensor d_g, d_x, d_w;
-    if (ctx->needs_input_grad(0)) {
-      if (gg_input.defined()) d_g = at::where(pos, gg_input, w * gg_input);
-      if (ggw.defined()) {
-        const Tensor t = at::where(pos, zero, x * ggw);
-        d_g = d_g.defined() ? d_g + t : t;
-      }
-    }
-    if (ggw.defined() && ctx->needs_input_grad(1)) {
-      d_x = at::where(pos, zero, g * ggw);
-    }
-    if (gg_input.defined() && ctx->needs_input_grad(2)) {
-      d_w = reduce_to_weight(at::where(pos, zero, g * gg_input), weight);
-    }
-    return {d_g, d_x, d_w, Tensor()};
+struct DeadPreluBackward : public torch::autograd::TraceableFunction {
+  std::string name() const override { return "DeadPreluBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
   }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    variable_list result(2);
+    const std::array<bool, 2> selected = {task_should_compute_output(0),
+                                          task_should_compute_output(1)};
+    if (!grads[0].defined() || !(selected[0] || selected[1])) return result;
+    auto [gi, gw] =
+        torch_relu_ext::dead_prelu_backward(grads[0], input_.unpack(), weight_.unpack(), selected);
+    result[0] = gi;
+    result[1] = gw;
+    return result;
+  }
+  SavedVariable input_, weight_;
 };
 
+// Eager's _prelu_kernel tangent: where(x >= 0, tx, w * tx + tw * x).
+Tensor forward_tangent(const Tensor& input, const Tensor& weight) {
+  const Tensor tx = tangent(input);
+  const Tensor tw = tangent(weight);
+  if (!tx.defined() && !tw.defined()) return {};
+  const Tensor x = primal(input);
+  const Tensor w = broadcast_weight(primal(weight), x);
+  Tensor neg;
+  if (tx.defined()) neg = w * tx;
+  if (tw.defined()) neg = add_defined(neg, broadcast_weight(tw, x) * x);
+  return at::where(x >= 0, tx.defined() ? tx : zero_like_scalar(neg), neg);
+}
+
 std::tuple<Tensor, Tensor> dead_prelu_autograd(const Tensor& input, const Tensor& weight) {
-  if (!(at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()))) {
+  auto node = make_node<DeadPreluBackward>(input, weight);
+  Tensor out, counts;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return torch_relu_ext::dead_prelu(input, weight);
+    std::tie(out, counts) = torch_relu_ext::dead_prelu(input, weight);
   }
-  auto out = DeadPreluFunction::apply(input, weight);
-  return {out[0], out[1]};
+  if (node) {
+    torch::autograd::set_history(out, node);
+    node->input_ = SavedVariable(input, false);
+    node->weight_ = SavedVariable(weight, false);
+  }
+  set_tangent(out, forward_tangent(input, weight));
+  return {out, counts};
+}
+
+// Derivatives of dead_prelu_backward. With pos = input > 0 (piecewise
+// constant in input):
+//   grad_input  = where(pos, g, w * g)
+//   grad_weight = reduce(where(pos, 0, x * g))
+struct DeadPreluBackwardBackward : public torch::autograd::TraceableFunction {
+  std::string name() const override { return "DeadPreluBackwardBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    grad_output_.reset_data();
+    input_.reset_data();
+    weight_.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Tensor g = grad_output_.unpack();
+    const Tensor x = input_.unpack();
+    const Tensor weight = weight_.unpack();
+    const Tensor& gg_input = grads[0];
+    const Tensor ggw = grads[1].defined() ? broadcast_weight(grads[1], x) : Tensor();
+    const Tensor pos = x > 0;
+    const Tensor zero = zero_like_scalar(x);
+    variable_list result(3);
+    if (task_should_compute_output(0)) {
+      Tensor d_g;
+      if (gg_input.defined())
+        d_g = at::where(pos, gg_input, broadcast_weight(weight, x) * gg_input);
+      if (ggw.defined()) d_g = add_defined(d_g, at::where(pos, zero, x * ggw));
+      result[0] = d_g;
+    }
+    if (ggw.defined() && task_should_compute_output(1)) {
+      result[1] = at::where(pos, zero, g * ggw);
+    }
+    if (gg_input.defined() && task_should_compute_output(2)) {
+      result[2] = reduce_to_weight(at::where(pos, zero, g * gg_input), weight);
+    }
+    return result;
+  }
+  SavedVariable grad_output_, input_, weight_;
+};
+
+// Eager's _prelu_kernel_backward tangents (its formula tests x >= 0):
+//   grad_input:  where(x >= 0, tg, tg * w + g * tw)
+//   grad_weight: reduce(where(x >= 0, 0, g * tx + tg * x))
+void set_backward_tangents(const Tensor& grad_output, const Tensor& input, const Tensor& weight,
+                           const Tensor& gi, const Tensor& gw) {
+  const Tensor tg = tangent(grad_output);
+  const Tensor tx = tangent(input);
+  const Tensor tw = tangent(weight);
+  if (!tg.defined() && !tx.defined() && !tw.defined()) return;
+  const Tensor g = primal(grad_output);
+  const Tensor x = primal(input);
+  const Tensor w = broadcast_weight(primal(weight), x);
+  const Tensor nonneg = x >= 0;
+  const Tensor zero = zero_like_scalar(x);
+  if (gi.defined()) {
+    Tensor neg;
+    if (tg.defined()) neg = tg * w;
+    if (tw.defined()) neg = add_defined(neg, g * broadcast_weight(tw, x));
+    if (neg.defined()) set_tangent(gi, at::where(nonneg, tg.defined() ? tg : zero, neg));
+  }
+  if (gw.defined() && (tx.defined() || tg.defined())) {
+    Tensor t;
+    if (tx.defined()) t = g * tx;
+    if (tg.defined()) t = add_defined(t, tg * x);
+    set_tangent(gw, reduce_to_weight(at::where(nonneg, zero, t), primal(weight)));
+  }
 }
 
 std::tuple<Tensor, Tensor> dead_prelu_backward_autograd(const Tensor& grad_output,
                                                         const Tensor& input, const Tensor& weight,
                                                         std::array<bool, 2> output_mask) {
-  if (!(at::GradMode::is_enabled() &&
-        (grad_output.requires_grad() || input.requires_grad() || weight.requires_grad()))) {
+  auto node = make_node<DeadPreluBackwardBackward>(grad_output, input, weight);
+  Tensor gi, gw;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
+    std::tie(gi, gw) = torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
   }
-  auto out = DeadPreluBackwardFunction::apply(grad_output, input, weight, output_mask);
-  Tensor gi = output_mask[0] ? out[0] : Tensor();
-  Tensor gw = output_mask[1] ? out[output_mask[0] ? 1 : 0] : Tensor();
+  if (node) {
+    torch::autograd::set_history({gi, gw}, node);
+    node->grad_output_ = SavedVariable(grad_output, false);
+    node->input_ = SavedVariable(input, false);
+    node->weight_ = SavedVariable(weight, false);
+  }
+  set_backward_tangents(grad_output, input, weight, gi, gw);
   return {gi, gw};
 }
 
