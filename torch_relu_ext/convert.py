@@ -1,22 +1,29 @@
 """Drop-in conversion of existing models.
 
-convert(model) returns a copy of the model in which
-  - every nn.Linear followed by nn.ReLU (inplace or not) in an nn.Sequential,
-    at any nesting depth, becomes a FusedLinearReLU (the ReLU's slot becomes a
+``convert(model)`` returns a copy of the model in which
+  - an nn.Linear followed by nn.ReLU (inplace or not) in an nn.Sequential, at
+    any nesting depth, becomes a FusedLinearReLU (the ReLU's slot becomes a
     _FusedAway placeholder, so the other layers keep their state_dict keys);
-  - with fx=True (default "auto": when the model's forward is traceable),
-    a Linear submodule whose output feeds only a ReLU (F.relu, torch.relu,
+  - with fx=True (default "auto": when the model's forward is traceable), an
+    nn.Linear whose output is used only by ReLUs (F.relu, torch.relu,
     Tensor.relu, an nn.ReLU module, inplace or not) becomes a FusedLinearReLU
     in the traced GraphModule;
   - with prelu=True (default), every nn.PReLU becomes a DeadAwarePReLU.
-Weights are shared with the copy's parameters (same values, device, dtype),
-and the train/eval state is kept. What cannot be converted is left untouched
-and listed in the report. revert(converted) goes back to plain modules.
+A Linear is fused only when that is correct by construction: it sits at
+exactly one place in the model (no module reached under two names, or called
+twice), shares no parameter with another module, has no hooks, and every use
+of its output is a ReLU. Everything else is left alone and reported once,
+with its reason. Weights are shared with the copy's parameters (same values,
+device, dtype), and the train/eval state is kept. revert(converted) goes back
+to plain modules; the record it needs lives in the converted modules
+themselves, so it survives deepcopy, pickle and torch.save.
 """
 
 import copy
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import List, Tuple
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
@@ -26,23 +33,39 @@ from .nn import DeadAwarePReLU, FusedLinearReLU
 
 __all__ = ["convert", "revert", "ConversionReport"]
 
+# How a FusedLinearReLU made by convert() records where its ReLU went.
+_ORIGIN = "_relu_ext_origin"  # "sequential" or "fx"
+
 
 @dataclass
 class ConversionReport:
-    fused: List[str] = field(default_factory=list)  # Linear(+ReLU) converted
-    prelu: List[str] = field(default_factory=list)  # PReLU converted
-    skipped: List[str] = field(default_factory=list)  # what was left alone, and why
+    """What convert() (or revert()) did: module names in the returned model."""
+
+    fused: List[str] = field(default_factory=list)  # Linear(+ReLU) converted (or reverted)
+    prelu: List[str] = field(default_factory=list)  # PReLU converted (or reverted)
+    skipped: Dict[str, str] = field(default_factory=dict)  # module left alone -> why
+    notes: List[str] = field(default_factory=list)  # about the model as a whole
+    _seen: set = field(default_factory=set, repr=False, compare=False)  # ids of modules reported
 
     def __str__(self):
         lines = [
             f"fused Linear+ReLU: {len(self.fused)}",
             *[f"  {n}" for n in self.fused],
-            f"PReLU -> DeadAwarePReLU: {len(self.prelu)}",
+            f"PReLU <-> DeadAwarePReLU: {len(self.prelu)}",
             *[f"  {n}" for n in self.prelu],
             f"left unchanged: {len(self.skipped)}",
-            *[f"  {n}" for n in self.skipped],
+            *[f"  {n}: {why}" for n, why in self.skipped.items()],
+            *[f"note: {n}" for n in self.notes],
         ]
         return "\n".join(lines)
+
+    def _skip(self, name: str, why: str, module=None) -> None:
+        # One line per module (a module at two places is one module); the
+        # first reason found is the one kept.
+        key = id(module) if module is not None else name
+        if key not in self._seen:
+            self._seen.add(key)
+            self.skipped[name or "(root)"] = why
 
 
 class _FusedAway(nn.Identity):
@@ -56,7 +79,7 @@ class _FusedAway(nn.Identity):
         return self._relu[0]
 
 
-def _fused_from(linear: nn.Linear) -> FusedLinearReLU:
+def _fused_from(linear: nn.Linear, origin: str) -> FusedLinearReLU:
     fused = FusedLinearReLU(
         linear.in_features,
         linear.out_features,
@@ -67,6 +90,7 @@ def _fused_from(linear: nn.Linear) -> FusedLinearReLU:
     fused.weight = linear.weight
     fused.bias = linear.bias
     fused.train(linear.training)
+    setattr(fused, _ORIGIN, origin)
     return fused
 
 
@@ -88,32 +112,77 @@ def _prelu_from(p: nn.PReLU) -> DeadAwarePReLU:
     return d
 
 
-def _plain_relu(m: nn.Module) -> bool:
-    return type(m) is nn.ReLU
+def _prelu_back(d: DeadAwarePReLU) -> nn.PReLU:
+    p = nn.PReLU(d.num_parameters, init=d.init, device=d.weight.device, dtype=d.weight.dtype)
+    p.weight = d.weight
+    p.train(d.training)
+    return p
 
 
-def _convert_sequentials(model: nn.Module, prelu: bool, report: ConversionReport) -> None:
+def _plain_relu(m) -> bool:
+    return type(m) is nn.ReLU and not _has_hooks(m)
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or getattr(m, "_backward_pre_hooks", None))
+
+
+class _Uses:
+    """Where each module object sits in the model, and which parameters are shared."""
+
+    def __init__(self, model: nn.Module):
+        self.slots = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+        owners = Counter()
+        for m in model.modules():
+            for p in {id(p) for p in m._parameters.values() if p is not None}:
+                owners[p] += 1
+        self.owners = owners
+
+    def why_not(self, linear: nn.Linear):
+        """Why this Linear must not be fused, or None."""
+        if self.slots[id(linear)] > 1:
+            return f"the module sits at {self.slots[id(linear)]} places in the model"
+        if any(self.owners[id(p)] > 1 for p in linear._parameters.values() if p is not None):
+            return "its parameters are shared with another module (tied weights)"
+        if _has_hooks(linear):
+            return "it has hooks"
+        return None
+
+
+def _slots(seq: nn.Module):
+    # Every slot, duplicates included (named_children() skips a module's
+    # second slot, which would misplace the ReLU that follows it).
+    return [(name, child) for name, child in seq._modules.items() if child is not None]
+
+
+def _convert_sequentials(model: nn.Module, uses: _Uses, report: ConversionReport) -> None:
     for name, seq in list(model.named_modules()):
-        if not isinstance(seq, nn.Sequential):
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
             continue
-        children = list(seq.named_children())
-        for i, (child_name, child) in enumerate(children):
+        slots = _slots(seq)
+        for i, (child_name, child) in enumerate(slots):
+            if type(child) is not nn.Linear or i + 1 >= len(slots) or not _plain_relu(slots[i + 1][1]):
+                continue
             full = f"{name}.{child_name}" if name else child_name
-            if type(child) is nn.Linear and i + 1 < len(children) and _plain_relu(children[i + 1][1]):
-                setattr(seq, child_name, _fused_from(child))
-                relu_name, relu = children[i + 1]
-                setattr(seq, relu_name, _FusedAway(relu))
-                report.fused.append(full)
-    if prelu:
-        _convert_prelus(model, report)
+            why = uses.why_not(child)
+            if why:
+                report._skip(full, why, child)
+                continue
+            relu_name, relu = slots[i + 1]
+            setattr(seq, child_name, _fused_from(child, "sequential"))
+            setattr(seq, relu_name, _FusedAway(relu))
+            report.fused.append(full)
 
 
 def _convert_prelus(model: nn.Module, report: ConversionReport) -> None:
+    done: Dict[int, DeadAwarePReLU] = {}  # a PReLU at several places stays one module
     for name, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
+        for child_name, child in list(_slots(mod)):
             if type(child) is nn.PReLU:
-                setattr(mod, child_name, _prelu_from(child))
-                report.prelu.append(f"{name}.{child_name}" if name else child_name)
+                if id(child) not in done:
+                    done[id(child)] = _prelu_from(child)
+                    report.prelu.append(f"{name}.{child_name}" if name else child_name)
+                setattr(mod, child_name, done[id(child)])
 
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
@@ -135,28 +204,34 @@ class _Tracer(fx.Tracer):
         return isinstance(m, (FusedLinearReLU, DeadAwarePReLU, _FusedAway)) or super().is_leaf_module(m, qualname)
 
 
-def _convert_fx(model: nn.Module, report: ConversionReport) -> Tuple[nn.Module, bool]:
+def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
     try:
         graph = _Tracer().trace(model)
         gm = fx.GraphModule(model, graph, model.__class__.__name__)
     except Exception as e:
-        report.skipped.append(f"(forward not traceable by torch.fx: {type(e).__name__}: {str(e)[:120]})")
+        report.notes.append(f"forward not traceable by torch.fx ({type(e).__name__}: {str(e)[:120]}); Sequentials only")
         return model, False
     modules = dict(gm.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     changed = False
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or type(modules.get(node.target)) is not nn.Linear:
             continue
         users = list(node.users)
-        if len(users) != 1 or not _is_relu_node(users[0], modules):
+        if not users or not all(_is_relu_node(u, modules) for u in users):
             if any(_is_relu_node(u, modules) for u in users):
-                report.skipped.append(f"{node.target} (its output is also used before the ReLU)")
+                report._skip(node.target, "its output is also used other than by a ReLU", modules[node.target])
             continue
-        relu = users[0]
-        fused = _fused_from(modules[node.target])
-        gm.add_submodule(node.target, fused)  # replaces the Linear, same name and parameters
-        relu.replace_all_uses_with(node)
-        gm.graph.erase_node(relu)
+        why = uses.why_not(modules[node.target])
+        if why is None and calls[node.target] > 1:
+            why = f"it is called at {calls[node.target]} places in forward"
+        if why:
+            report._skip(node.target, why, modules[node.target])
+            continue
+        gm.add_submodule(node.target, _fused_from(modules[node.target], "fx"))  # same name and parameters
+        for relu in users:
+            relu.replace_all_uses_with(node)
+            gm.graph.erase_node(relu)
         report.fused.append(node.target)
         changed = True
     if changed:
@@ -166,48 +241,96 @@ def _convert_fx(model: nn.Module, report: ConversionReport) -> Tuple[nn.Module, 
     return model, False
 
 
-def convert(model: nn.Module, *, prelu: bool = True, fx: object = "auto", inplace: bool = False):
-    """Returns (converted model, ConversionReport). See the module docstring.
+def _check_module(fn: str, model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{fn}: expected an nn.Module, but got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"{fn}: expected an eager nn.Module, but got a TorchScript module; convert before scripting")
+
+
+def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: object = "auto", inplace: bool = False):
+    """Returns the converted model; with ``report=True``, ``(model, ConversionReport)``.
+    See the module docstring for what is converted.
 
     Example::
 
         >>> m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> fused, report = convert(m)
-        >>> type(fused[0]).__name__, report.fused
-        ('FusedLinearReLU', ['0'])
+        >>> fused = convert(m)
+        >>> type(fused[0]).__name__
+        'FusedLinearReLU'
+        >>> convert(m, report=True)[1].fused
+        ['0']
     """
-    original = model
+    _check_module("convert", model)
+    if fx not in (True, False, "auto"):
+        raise ValueError(f"convert: expected fx to be True, False or 'auto', but got {fx!r}")
     model = model if inplace else copy.deepcopy(model)
-    report = ConversionReport()
-    _convert_sequentials(model, prelu, report)
+    rep = ConversionReport()
+    uses = _Uses(model)
+    _convert_sequentials(model, uses, rep)
+    if prelu:
+        _convert_prelus(model, rep)
     if fx is True or fx == "auto":
-        converted, changed = _convert_fx(model, report)
+        converted, changed = _convert_fx(model, uses, rep)
         if changed:
-            converted._relu_ext_before = [model]  # for revert (not a submodule)
             model = converted
-        elif fx is True and not report.fused:
-            report.skipped.append("(torch.fx found no Linear followed by ReLU)")
     for name, mod in model.named_modules():
-        if type(mod) is nn.Linear and name not in report.fused:
-            report.skipped.append(f"{name} (Linear not followed by a ReLU)")
-    del original
-    return model, report
+        if type(mod) is nn.Linear:
+            rep._skip(name, "not followed by a ReLU", mod)
+    if not rep.fused and not rep.prelu:
+        warnings.warn(
+            f"convert: nothing to convert in {type(model).__name__}: no nn.Linear followed by a ReLU "
+            "and no nn.PReLU (convert(model, report=True) says why)",
+            stacklevel=2,
+        )
+    return (model, rep) if report else model
 
 
-def revert(model: nn.Module) -> nn.Module:
-    """Undo convert(): plain nn.Linear + nn.ReLU and nn.PReLU, same parameters."""
-    before = getattr(model, "_relu_ext_before", None)
-    if before:
-        model = before[0]
-    for _name, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
+def _revert_fx(gm: fx.GraphModule, report: ConversionReport) -> None:
+    modules = dict(gm.named_modules())
+    changed = False
+    for node in list(gm.graph.nodes):
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(mod, FusedLinearReLU) or getattr(mod, _ORIGIN, None) != "fx":
+            continue
+        gm.add_submodule(node.target, _linear_from(mod))
+        with gm.graph.inserting_after(node):
+            relu = gm.graph.call_function(torch.relu, (node,))
+        node.replace_all_uses_with(relu, delete_user_cb=lambda user, relu=relu: user is not relu)
+        report.fused.append(node.target)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+
+
+def revert(model: nn.Module, *, report: bool = False):
+    """Undo convert() in place: plain nn.Linear + ReLU and nn.PReLU, same
+    parameters. Returns the model; with ``report=True``, ``(model, report)``.
+    A FusedLinearReLU that convert() did not make is left alone (reverting it
+    to a Linear would drop its ReLU) and reported. A model converted through
+    torch.fx comes back as a GraphModule calling nn.Linear then torch.relu."""
+    _check_module("revert", model)
+    rep = ConversionReport()
+    if isinstance(model, fx.GraphModule):
+        _revert_fx(model, rep)
+    back: Dict[int, nn.PReLU] = {}  # a DeadAwarePReLU at several places stays one module
+    for name, mod in list(model.named_modules()):
+        slots = _slots(mod)
+        for i, (child_name, child) in enumerate(slots):
+            full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, FusedLinearReLU):
-                setattr(mod, child_name, _linear_from(child))
-            elif isinstance(child, _FusedAway):
-                setattr(mod, child_name, child.original())
+                origin = getattr(child, _ORIGIN, None)
+                nxt = slots[i + 1][1] if i + 1 < len(slots) else None
+                if origin == "sequential" and isinstance(nxt, _FusedAway):
+                    setattr(mod, child_name, _linear_from(child))
+                    setattr(mod, slots[i + 1][0], nxt.original())
+                    rep.fused.append(full)
+                elif origin != "fx":
+                    rep._skip(full, "not made by convert(): its ReLU is part of the module")
             elif isinstance(child, DeadAwarePReLU) and getattr(child, "_converted_from_prelu", False):
-                p = nn.PReLU(child.num_parameters, init=child.init, device=child.weight.device, dtype=child.weight.dtype)
-                p.weight = child.weight
-                p.train(child.training)
-                setattr(mod, child_name, p)
-    return model
+                if id(child) not in back:
+                    back[id(child)] = _prelu_back(child)
+                    rep.prelu.append(full)
+                setattr(mod, child_name, back[id(child)])
+    return (model, rep) if report else model

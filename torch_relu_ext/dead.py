@@ -2,6 +2,8 @@
 synchronisation of statistics across distributed ranks."""
 
 import math
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
@@ -95,6 +97,85 @@ def _linear_like(m: nn.Module) -> bool:
     return isinstance(m, nn.Linear)  # FusedLinearReLU is an nn.Linear
 
 
+# Modules that map a zero to a zero element by element: a revived unit's
+# output still reaches the next Linear only through its own (zeroed) column.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _flat_sequence(seq: nn.Sequential) -> List[nn.Module]:
+    """The chain of modules a plain nn.Sequential runs, nested ones flattened."""
+    out = []
+    for m in seq._modules.values():
+        if m is None:
+            continue
+        if type(m) is nn.Sequential:
+            out.extend(_flat_sequence(m))
+        else:
+            out.append(m)
+    return out
+
+
+def _next_in_chain(chain: List[nn.Module], i: int):
+    """(next Linear, None) when chain[i]'s output reaches a Linear only
+    through pass-through modules, else (None, reason)."""
+    for m in chain[i + 1 :]:
+        if isinstance(m, _PASS_THROUGH):
+            continue
+        if _linear_like(m):
+            return m, None
+        return None, f"a {type(m).__name__} sits between it and the next Linear"
+    return None, "its output leaves its nn.Sequential"
+
+
+def _next_in_graph(gm, layer: nn.Module, modules: Dict[str, nn.Module]):
+    """The same question in a torch.fx GraphModule (e.g. from convert())."""
+    nodes = [n for n in gm.graph.nodes if n.op == "call_module" and modules.get(n.target) is layer]
+    if len(nodes) != 1:
+        return None, f"it is called at {len(nodes)} places in forward"
+    node = nodes[0]
+    while True:
+        users = list(node.users)
+        if len(users) != 1:
+            return None, "its output has several consumers"
+        user = users[0]
+        mod = modules.get(user.target) if user.op == "call_module" else None
+        if mod is not None and isinstance(mod, _PASS_THROUGH):
+            node = user
+            continue
+        if mod is not None and _linear_like(mod) and user.args[:1] == (node,):
+            return mod, None
+        return None, f"its output goes to {user.format_node()}"
+
+
+def _next_layers(model: nn.Module, pairs) -> Dict[nn.Module, Tuple[Optional[nn.Module], Optional[str]]]:
+    """For each FusedLinearReLU: the one Linear its output feeds, when that is
+    known from the model's structure (or from pairs), with a reason when not."""
+    import torch.fx as fx
+
+    slots = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    found: Dict[nn.Module, Tuple[Optional[nn.Module], Optional[str]]] = {}
+    for seq in model.modules():
+        if type(seq) is nn.Sequential:
+            chain = _flat_sequence(seq)
+            for i, c in enumerate(chain):
+                if isinstance(c, FusedLinearReLU) and found.get(c, (None, None))[0] is None:
+                    found[c] = _next_in_chain(chain, i)
+    if isinstance(model, fx.GraphModule):
+        modules = dict(model.named_modules())
+        for m in modules.values():
+            if isinstance(m, FusedLinearReLU) and found.get(m, (None, None))[0] is None:
+                found[m] = _next_in_graph(model, m, modules)
+    for m, (nxt, _) in list(found.items()):
+        if nxt is not None and (slots[id(m)] > 1 or slots[id(nxt)] > 1):
+            found[m] = (None, "it or the next Linear sits at several places in the model")
+    for m in model.modules():
+        if isinstance(m, FusedLinearReLU) and m not in found:
+            found[m] = (None, "it is not in an nn.Sequential or a torch.fx GraphModule (pass pairs=)")
+    if pairs is not None:
+        found.update({k: (v, None) for k, v in pairs.items()})
+    return found
+
+
 def _zero_adam_state(optimizer, param: torch.Tensor, index, dim: int) -> List[str]:
     """Zero the Adam/AdamW moments of the given rows (dim 0) or columns (dim 1)."""
     if optimizer is None or param not in optimizer.state:
@@ -117,41 +198,45 @@ def revive_dead_(
     pairs: Optional[Dict[nn.Module, nn.Module]] = None,
     prelu_collapse_eps: float = 1e-3,
 ) -> Dict[str, dict]:
-    """Revive dead units in place, as ReDo does (Sokar et al., 2023).
+    """Revive dead units in place, as ReDo does (Sokar et al., 2023), without
+    changing what the model computes.
 
     For each FusedLinearReLU with dead units (``dead_mask(threshold)``), except
     the model's output layer (the last Linear in module order):
       - re-draws the dead units' incoming weights from nn.Linear's initial
         distribution U(-1/sqrt(in), 1/sqrt(in)) and zeroes their bias;
-      - zeroes the matching input columns of the next linear layer: the next
-        nn.Linear/FusedLinearReLU in the same nn.Sequential, or
-        ``pairs[layer]`` when given (None: no next layer is touched);
+      - zeroes the matching input columns of the next Linear, so a revived
+        unit changes nothing until training moves that column: the model's
+        output stays exactly what it was for units that never fired;
       - zeroes the optimizer's moments (Adam/AdamW exp_avg, exp_avg_sq,
         max_exp_avg_sq; SGD momentum) of exactly those rows and columns. The
         step count is per tensor, shared by the live units, and is left alone;
-      - resets the layer's statistics (reset_dead_stats): the next training
-        batch measures every unit afresh, revived ones included.
+      - resets the layer's statistics (reset_dead_stats).
+    The next Linear must be known: the following module of the same
+    nn.Sequential (nested ones flattened; Dropout and Identity in between are
+    fine), the one consumer in a torch.fx GraphModule (what convert() returns),
+    or ``pairs[layer]``. A layer whose output goes anywhere else (a LayerNorm
+    or BatchNorm, a residual add, a module used twice) is not revived, and a
+    warning names it and says why: reviving it would change the output.
+    ``pairs[layer] = None`` revives such a layer anyway, its incoming weights
+    only (the output then changes).
+
     For each DeadAwarePReLU, dead channels whose slope collapsed
     (|slope| < prelu_collapse_eps) get the init slope back (a shared slope
-    only when every channel is dead).
+    only when every channel is dead). That changes the output on those
+    channels (their negative inputs are scaled by the new slope), and a
+    warning says so.
 
-    Returns {layer name: {"units": [...], "next": name or None, ...}}.
+    Returns {layer name: {"units": [...], "next": name or None, ...}}; layers
+    left alone appear with "skipped": reason.
     """
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     linears = [m for m in model.modules() if _linear_like(m)]
     output_layer = linears[-1] if linears else None
-    next_of: Dict[nn.Module, nn.Module] = {}
-    for seq in model.modules():
-        if isinstance(seq, nn.Sequential):
-            children = list(seq.children())
-            for i, c in enumerate(children):
-                if isinstance(c, FusedLinearReLU):
-                    nxt = next((d for d in children[i + 1 :] if _linear_like(d)), None)
-                    if nxt is not None:
-                        next_of[c] = nxt
-    if pairs is not None:
-        next_of.update(pairs)
+    next_of = _next_layers(model, pairs)
+    explicit = set(pairs) if pairs is not None else set()
+    prelu_changed: List[str] = []
 
     changes: Dict[str, dict] = {}
     for name, m in _tracked(model):
@@ -162,6 +247,16 @@ def revive_dead_(
         if isinstance(m, FusedLinearReLU):
             if m is output_layer:
                 continue
+            nxt, why = next_of.get(m, (None, "unknown"))
+            if nxt is None and m not in explicit:
+                warnings.warn(
+                    f"revive_dead_: {name} has {idx.numel()} dead units but is not revived: {why}, "
+                    "so reviving them would change the model's output. Pass pairs={layer: next_linear} "
+                    "to name the Linear that consumes it.",
+                    stacklevel=3,
+                )
+                changes[name] = {"units": idx.tolist(), "skipped": why}
+                continue
             bound = 1.0 / math.sqrt(m.in_features) if m.in_features > 0 else 0.0
             w_idx = idx.to(m.weight.device)
             m.weight[w_idx] = torch.empty_like(m.weight[w_idx]).uniform_(-bound, bound)
@@ -170,7 +265,6 @@ def revive_dead_(
             if m.bias is not None:
                 m.bias[w_idx] = 0.0
                 _zero_adam_state(optimizer, m.bias, w_idx, 0)
-            nxt = next_of.get(m)
             if nxt is not None and nxt is not m:
                 n_idx = idx.to(nxt.weight.device)
                 nxt.weight[:, n_idx] = 0.0
@@ -191,8 +285,15 @@ def revive_dead_(
                 w[c_idx] = m.init
                 _zero_adam_state(optimizer, w, c_idx, 0)
                 record = {"units": idx.tolist(), "slope_reset": c_idx.tolist()}
+            prelu_changed.append(name)
         else:
             continue
         m.reset_dead_stats()
         changes[name] = record
+    if prelu_changed:
+        warnings.warn(
+            f"revive_dead_: PReLU slopes reset to their init in {', '.join(prelu_changed)}; "
+            "this changes the model's output on those channels",
+            stacklevel=3,
+        )
     return changes

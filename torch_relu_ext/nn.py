@@ -25,6 +25,19 @@ from torch import Tensor, nn
 __all__ = ["FusedLinearReLU", "DeadAwarePReLU"]
 
 _STAT_BUFFERS = ("active_ema", "abs_mean_ema", "num_batches_tracked")
+# Moving averages stay float32 whatever the module's dtype: in bfloat16 an
+# update of momentum * p (0.01 * p) rounds away next to the average itself.
+_FLOAT_STATS = ("active_ema", "abs_mean_ema")
+
+
+def _under_vmap() -> bool:
+    """Whether a torch.func.vmap is active at any level."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
 def _ema_(ema: Tensor, value: Tensor, num_batches_tracked: Tensor, momentum: float) -> None:
@@ -43,9 +56,29 @@ class _DeadStats(nn.Module):
         self.track_dormant = track_dormant
         self.momentum = momentum
         self.dead_threshold = dead_threshold
-        self.register_buffer("active_ema", torch.zeros(units, device=device))
-        self.register_buffer("abs_mean_ema", torch.zeros(units, device=device))
+        self.register_buffer("active_ema", torch.zeros(units, device=device, dtype=torch.float32))
+        self.register_buffer("abs_mean_ema", torch.zeros(units, device=device, dtype=torch.float32))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype), .half(), .bfloat16() convert floating buffers: keep the
+        # statistics in float32 and follow only the device fn moves them to.
+        stats = {name: self._buffers[name] for name in _FLOAT_STATS if self._buffers.get(name) is not None}
+        result = super()._apply(fn, recurse)
+        for name, before in stats.items():
+            after = self._buffers[name]
+            if after.dtype != torch.float32:
+                self._buffers[name] = before.to(device=after.device, dtype=torch.float32)
+        return result
+
+    @torch.jit.unused
+    def _check_stats_transform(self) -> None:
+        if _under_vmap():
+            raise RuntimeError(
+                f"{type(self).__name__}: the dead-unit statistics cannot be updated under torch.func.vmap "
+                "(one shared buffer, many batched samples). Call model.eval() or set "
+                "track_dead_stats=False on the module for vmap (e.g. per-sample gradients)."
+            )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         # Checkpoints of nn.Linear / nn.PReLU have no statistics: load them
@@ -118,6 +151,8 @@ class FusedLinearReLU(nn.Linear, _DeadStats):
         # torch.jit.trace would bake this batch's row count into the graph:
         # traced models run the plain operator (statistics are for training).
         if self.training and self.track_dead_stats and not torch.jit.is_tracing():
+            if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+                self._check_stats_transform()
             out, mask = torch.ops.relu_ext.fused_linear_relu_forward(input, self.weight, self.bias)
             rows = out.numel() // max(self.out_features, 1)
             if rows > 0:
@@ -168,6 +203,8 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
     def forward(self, input: Tensor) -> Tensor:
         out, counts = torch.ops.relu_ext.dead_prelu(input, self.weight)
         if self.training and self.track_dead_stats and not torch.jit.is_tracing() and input.numel() > 0:
+            if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+                self._check_stats_transform()
             units = self.active_ema.shape[0]
             channels = counts.shape[0]
             if units == 1 and channels != 1:
