@@ -116,3 +116,236 @@ def test_untraceable_model_is_partly_converted_and_reported():
     x = torch.rand(3, 4)
     same_outputs(model, converted, x)
     assert "fused Linear+ReLU: 1" in str(report)
+
+
+# ---------------------------------------------------------------------------
+# Regressions: models on which convert() once fused a ReLU that was not there,
+# or revert() dropped one, without an error.
+
+
+class CalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.fc(x)))  # only the first call is followed by a ReLU
+
+
+def test_linear_called_twice_is_left_alone():
+    model = CalledTwice()
+    x = torch.randn(4, 8)
+    converted, report = convert(model, report=True)
+    assert report.fused == [] and report.skipped == {"fc": "it is called at 2 places in forward"}
+    same_outputs(model, converted, x)
+
+
+def test_module_in_two_sequential_slots_is_left_alone():
+    la = nn.Linear(8, 8)
+    model = nn.Sequential(la, nn.ReLU(), nn.Linear(8, 8), la, nn.ReLU())
+    x = torch.randn(4, 8)
+    converted, report = convert(model, report=True)
+    assert report.fused == []
+    # One line per module, though la sits at "0" and "3".
+    assert report.skipped == {"0": "the module sits at 2 places in the model", "2": "not followed by a ReLU"}
+    same_outputs(model, converted, x)
+
+
+def test_tied_weights_are_left_alone():
+    a, b = nn.Linear(8, 8), nn.Linear(8, 8)
+    b.weight = a.weight
+    model = nn.Sequential(a, nn.ReLU(), b, nn.ReLU())
+    converted, report = convert(model, report=True)
+    assert report.fused == [] and set(report.skipped) == {"0", "2"}
+    assert "tied" in report.skipped["0"]
+    same_outputs(model, converted, torch.randn(3, 8))
+
+
+def test_linear_with_hooks_is_left_alone():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    seen = []
+    model[0].register_forward_hook(lambda m, i, o: seen.append(o.min().item()))
+    converted, report = convert(model, report=True)
+    assert report.skipped == {"0": "it has hooks"}
+    converted(torch.randn(5, 4))
+    assert seen and seen[-1] < 0  # the hook still sees the Linear's own output
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_revert_survives_copies(how, tmp_path):
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    model = Functional().eval()
+    nested = nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.ReLU()), nn.PReLU(6), nn.Linear(6, 6)).eval()
+    x = torch.randn(4, 6)
+    for m in (model, nested):
+        converted = convert(m)
+        if how == "deepcopy":
+            copied = copy.deepcopy(converted)
+        elif how == "pickle":
+            copied = pickle.loads(pickle.dumps(converted))
+        else:
+            torch.save(converted, tmp_path / "m.pt")
+            copied = torch.load(tmp_path / "m.pt", weights_only=False)
+        back, report = revert(copied, report=True)
+        assert report.fused and not any(isinstance(c, (FusedLinearReLU, DeadAwarePReLU)) for c in back.modules())
+        same_outputs(m, back, x)
+
+
+def test_revert_leaves_user_built_fused_layers_alone():
+    model = nn.Sequential(FusedLinearReLU(4, 4), nn.Linear(4, 2))
+    back, report = revert(model, report=True)
+    assert isinstance(back[0], FusedLinearReLU) and "not made by convert()" in report.skipped["0"]
+
+
+def test_bad_inputs_and_nothing_to_convert():
+    with pytest.raises(TypeError, match=r"convert: expected an nn.Module, but got int"):
+        convert(3)
+    with pytest.raises(TypeError, match=r"revert: expected an nn.Module, but got str"):
+        revert("model")
+    with pytest.raises(ValueError, match=r"convert: expected fx to be True, False or 'auto', but got 'yes'"):
+        convert(nn.Linear(2, 2), fx="yes")
+    with pytest.raises(TypeError, match="TorchScript"):
+        convert(torch.jit.script(nn.Sequential(nn.Linear(2, 2), nn.ReLU())))
+    with pytest.warns(UserWarning, match="nothing converted in Linear"):
+        assert type(convert(nn.Linear(2, 2))) is nn.Linear
+
+
+# ---------------------------------------------------------------------------
+# A generator of model patterns: each one is converted and compared with the
+# original on random inputs, forward and backward, then reverted.
+
+W = 6
+RELUS = ["F.relu", "torch.relu", "method", "module", "F.relu_inplace", "method_inplace", "module_inplace"]
+
+
+class Pattern(nn.Module):
+    """Runs a list of steps; the Linear pool may hold one module twice
+    (shared) or two modules with one weight (tied)."""
+
+    def __init__(self, steps, pool, seqs):
+        super().__init__()
+        self.steps = steps
+        self.pool = nn.ModuleList(pool)  # duplicates allowed: shared modules
+        self.seqs = nn.ModuleList(seqs)
+        self.relu = nn.ReLU()
+        self.relu_inplace = nn.ReLU(inplace=True)
+        self.ln = nn.LayerNorm(W)
+        self.bn = nn.BatchNorm1d(W)
+
+    def forward(self, x):
+        saved = x
+        for kind, arg in self.steps:
+            if kind == "lin":
+                x = self.pool[arg](x)
+            elif kind == "seq":
+                x = self.seqs[arg](x)
+            elif kind == "norm":
+                x = self.ln(x) if arg == "ln" else self.bn(x)
+            elif kind == "save":
+                saved = x
+            elif kind == "res":
+                x = x + saved
+            elif kind == "fork":  # the value used twice: by a ReLU and by an add
+                x = F.relu(x) + x
+            elif kind == "relu":
+                if arg == "F.relu":
+                    x = F.relu(x)
+                elif arg == "torch.relu":
+                    x = torch.relu(x)
+                elif arg == "method":
+                    x = x.relu()
+                elif arg == "module":
+                    x = self.relu(x)
+                elif arg == "F.relu_inplace":
+                    x = F.relu(x, inplace=True)
+                elif arg == "method_inplace":
+                    x = x.relu_()
+                else:
+                    x = self.relu_inplace(x)
+        return x
+
+
+def make_pattern(seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def pick(n):
+        return int(torch.randint(n, (1,), generator=g))
+
+    pool = [nn.Linear(W, W, dtype=torch.float64) for _ in range(4)]
+    if pick(3) == 0:
+        pool.append(pool[pick(4)])  # shared: one module at two pool slots
+    if pick(3) == 0:
+        pool[1].weight = pool[0].weight  # tied
+    seqs = []
+    for _ in range(2):
+        inner = [nn.Linear(W, W, dtype=torch.float64), nn.ReLU(inplace=bool(pick(2)))]
+        if pick(2):
+            inner = [nn.Sequential(*inner), nn.Dropout(0.0), nn.Linear(W, W, dtype=torch.float64)]
+        if pick(4) == 0:
+            inner.insert(1, nn.LayerNorm(W, dtype=torch.float64))
+        seqs.append(nn.Sequential(*inner))
+    steps = [("lin", pick(len(pool)))]  # something to differentiate
+    for _ in range(4 + pick(5)):
+        r = pick(10)
+        if r < 4:
+            steps.append(("lin", pick(len(pool))))
+            if pick(3):
+                steps.append(("relu", RELUS[pick(len(RELUS))]))
+        elif r == 4:
+            steps.append(("seq", pick(2)))
+        elif r == 5:
+            steps.append(("norm", ["ln", "bn"][pick(2)]))
+        elif r == 6:
+            steps.append(("save", None))
+        elif r == 7:
+            steps.append(("res", None))
+        elif r == 8:
+            steps.append(("fork", None))
+        elif steps[-1][0] in ("relu", "seq"):
+            # An in-place ReLU on a ReLU's output breaks eager's own backward.
+            steps.append(("relu", RELUS[pick(4)]))
+        else:
+            steps.append(("relu", RELUS[pick(len(RELUS))]))
+    return Pattern(steps, pool, seqs).double()
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_generated_patterns_convert_exactly(seed):
+    import copy
+
+    model = make_pattern(seed).train()
+    x = torch.randn(5, W, dtype=torch.float64)
+    converted, report = convert(model, report=True)
+    # Each module is reported once: fused, or skipped with one reason.
+    assert not set(report.fused) & set(report.skipped)
+    assert len(report.fused) == len(set(report.fused))
+    g = torch.randn(5, W, dtype=torch.float64)
+    out = model(x.clone())
+    (out * g).sum().backward()
+    out_c = converted(x.clone())
+    (out_c * g).sum().backward()
+    torch.testing.assert_close(out_c, out, rtol=1e-12, atol=1e-12)
+    # Names, duplicates included: tied weights have two names, and which one
+    # named_parameters() keeps depends on module order.
+    grads = {n: p.grad for n, p in model.named_parameters(remove_duplicate=False)}
+    grads_c = {n: p.grad for n, p in converted.named_parameters(remove_duplicate=False)}
+    assert grads_c.keys() <= grads.keys()
+    for n, gr in grads_c.items():
+        torch.testing.assert_close(gr, grads[n], rtol=1e-12, atol=1e-12, msg=n)
+    back = revert(copy.deepcopy(converted))
+    assert not any(isinstance(m, FusedLinearReLU) for m in back.modules())
+    torch.testing.assert_close(back(x.clone()), model(x.clone()), rtol=1e-12, atol=1e-12)
+
+
+def test_generator_reaches_fusions_and_refusals():
+    """The patterns above are not all trivially unconvertible."""
+    fused = skipped_shared = skipped_called = 0
+    for seed in range(40):
+        _, report = convert(make_pattern(seed), report=True)
+        fused += len(report.fused)
+        skipped_shared += sum("places in the model" in why or "tied" in why for why in report.skipped.values())
+        skipped_called += sum("called at" in why or "also used" in why for why in report.skipped.values())
+    assert fused >= 20 and skipped_shared >= 3 and skipped_called >= 3, (fused, skipped_shared, skipped_called)

@@ -279,7 +279,7 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
             rep._skip(name, "not followed by a ReLU", mod)
     if not rep.fused and not rep.prelu:
         warnings.warn(
-            f"convert: nothing to convert in {type(model).__name__}: no nn.Linear followed by a ReLU "
+            f"convert: nothing converted in {type(model).__name__}: no Linear+ReLU that can be fused "
             "and no nn.PReLU (convert(model, report=True) says why)",
             stacklevel=2,
         )
