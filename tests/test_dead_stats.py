@@ -172,10 +172,160 @@ def test_revive_never_touches_output_layer_and_resets_collapsed_slopes():
     model[1](-x.abs())  # every channel dead
     head(torch.randn(8, 4))
     w_head = head.weight.detach().clone()
-    changes = revive_dead_(model)
+    with pytest.warns(UserWarning, match=r"PReLU slopes reset to their init in 1; this changes the model's output"):
+        changes = revive_dead_(model)
     assert torch.equal(head.weight, w_head)  # the output layer is left alone
     assert changes["1"]["slope_reset"] == [0, 2]
     assert model[1].weight.tolist() == pytest.approx([0.25, 0.3, 0.25, 0.2])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_statistics_stay_float32_in_16bit_models(dtype):
+    """.to(bfloat16) once converted the moving averages too, and updates of
+    momentum * p rounded away: a 16-bit model's EMA drifted from the float32
+    model's (0.504 against 0.348 after 400 steps)."""
+    torch.manual_seed(5)
+    ref = nn.Sequential(FusedLinearReLU(16, 32), DeadAwarePReLU(32, num_channels=32), FusedLinearReLU(32, 8))
+    low = nn.Sequential(FusedLinearReLU(16, 32), DeadAwarePReLU(32, num_channels=32), FusedLinearReLU(32, 8))
+    low.load_state_dict(ref.state_dict())
+    low.to(dtype)
+    for m in (low[0], low[1], low[2]):
+        assert m.active_ema.dtype == torch.float32 and m.abs_mean_ema.dtype == torch.float32
+        assert m.weight.dtype == dtype
+    low.half().to(dtype).double().to(dtype)  # any conversion path
+    assert low[0].active_ema.dtype == torch.float32
+    # Two alternating batches, so the average keeps moving: the float64
+    # reference of every update, from the counts the layer reports.
+    xs = [torch.randn(64, 16), torch.randn(64, 16) + 0.5]
+    fracs = []
+    for step in range(400):
+        x = xs[step % 2].to(dtype)
+        out, mask = ops.fused_linear_relu_forward(x, low[0].weight, low[0].bias)
+        fracs.append(ops.relu_mask_count(mask, out).double() / 64)
+        low(x)
+    expected = ema_reference(fracs, low[0].momentum)
+    torch.testing.assert_close(low[0].active_ema.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_old_16bit_checkpoint_statistics_load_into_float32():
+    old = FusedLinearReLU(4, 6)
+    state = old.state_dict()
+    state["active_ema"] = torch.full((6,), 0.375, dtype=torch.bfloat16)
+    state["abs_mean_ema"] = torch.full((6,), 0.5, dtype=torch.bfloat16)
+    state["num_batches_tracked"] = torch.tensor(7)
+    new = FusedLinearReLU(4, 6).to(torch.bfloat16)
+    new.load_state_dict({k: (v.to(torch.bfloat16) if k in ("weight", "bias") else v) for k, v in state.items()})
+    assert new.active_ema.dtype == torch.float32 and new.active_ema.tolist() == [0.375] * 6
+    assert int(new.num_batches_tracked) == 7
+
+
+def _kill_units(layer, units):
+    with torch.no_grad():
+        layer.bias[units] = -100.0
+
+
+def _revival_case(model, layer, x, **kw):
+    """Train-mode passes mark the units dead; returns outputs before and after
+    revive_dead_, its record and the warnings it gave."""
+    import warnings
+
+    model.train()
+    for _ in range(2):
+        model(x)
+    model.eval()
+    before = model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        changes = revive_dead_(model, **kw)
+    return before, model(x), changes, [str(w.message) for w in caught]
+
+
+def test_revive_preserves_the_function_in_sequential_models():
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Sequential(FusedLinearReLU(8, 16)),
+        nn.Dropout(0.2),
+        nn.Identity(),
+        nn.Sequential(FusedLinearReLU(16, 16), nn.Linear(16, 3)),
+    )
+    _kill_units(model[0][0], [0, 5, 9])
+    before, after, changes, warned = _revival_case(model, model[0][0], torch.randn(32, 8))
+    assert changes["0.0"]["units"] == [0, 5, 9] and changes["0.0"]["next"] == "3.0" and not warned
+    assert torch.equal(before, after)  # ReDo: the next layer's columns are zero, bitwise the same output
+    assert not torch.equal(model[3][0].weight[:, [0, 5, 9]], torch.ones(16, 3))  # something was zeroed
+    assert not model[3][0].weight[:, [0, 5, 9]].any()
+
+
+def test_revive_preserves_the_function_in_fx_converted_models():
+    import torch.nn.functional as F
+
+    from torch_relu_ext import convert
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+    torch.manual_seed(7)
+    model = convert(Net())
+    _kill_units(model.a, [2, 3])
+    before, after, changes, warned = _revival_case(model, model.a, torch.randn(32, 8))
+    assert changes["a"]["next"] == "b" and not warned
+    assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("between", ["layernorm", "batchnorm", "residual", "end-of-sequential"])
+def test_revive_refuses_where_the_output_would_change(between):
+    import torch.nn.functional as F
+
+    from torch_relu_ext import convert
+
+    torch.manual_seed(8)
+    if between == "layernorm":
+        model = nn.Sequential(FusedLinearReLU(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
+        layer, name, why = model[0], "0", "a LayerNorm sits between it and the next Linear"
+    elif between == "batchnorm":
+        model = nn.Sequential(FusedLinearReLU(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
+        layer, name, why = model[0], "0", "a BatchNorm1d sits between it and the next Linear"
+    elif between == "residual":
+
+        class Res(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 3)
+
+            def forward(self, x):
+                h = F.relu(self.a(x))
+                return self.c(F.relu(self.b(h)) + h)
+
+        model = convert(Res())
+        layer, name, why = model.a, "a", "its output has several consumers"
+    else:
+
+        class Wrap(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(FusedLinearReLU(8, 16))
+                self.head = nn.Linear(16, 3)
+
+            def forward(self, x):
+                return self.head(self.body(x) * 2)
+
+        model = Wrap()
+        layer, name, why = model.body[0], "body.0", "its output leaves its nn.Sequential"
+    _kill_units(layer, [1, 4])
+    w = layer.weight.detach().clone()
+    before, after, changes, warned = _revival_case(model, layer, torch.randn(32, 8))
+    assert changes[name] == {"units": [1, 4], "skipped": why}
+    assert sum(f"revive_dead_: {name} has 2 dead units but is not revived: {why}" in w for w in warned) == 1
+    assert torch.equal(layer.weight, w) and torch.equal(before, after)
+    # Naming the consumer explicitly revives it.
+    nxt = model[2] if between in ("layernorm", "batchnorm") else (model.b if between == "residual" else model.head)
+    changes = revive_dead_(model, pairs={layer: nxt})
+    assert changes[name]["units"] == [1, 4] and not layer.bias[[1, 4]].any()
 
 
 def _ddp_worker(rank, world, port, out_path):

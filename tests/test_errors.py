@@ -202,3 +202,15 @@ def test_odd_but_valid_layouts_work(name, make):
     assert int(count.sum()) == int((xi > 0).sum())
     for t, c in zip((xi, wi, bi), before):
         assert torch.equal(t, c)  # inputs never modified
+
+
+def test_training_mode_module_errors_name_the_public_operator():
+    """In training mode the module calls the forward-with-mask variant; its
+    errors name the operator users know."""
+    from torch_relu_ext.nn import FusedLinearReLU
+
+    layer = FusedLinearReLU(4, 8).train()
+    with pytest.raises(RuntimeError, match=r"^relu_ext::fused_linear_relu: expected the last dimension of 'input'"):
+        layer(torch.randn(3, 5))
+    with pytest.raises(RuntimeError, match=r"^relu_ext::fused_linear_relu: expected argument 'weight' to have the same dtype"):
+        torch.ops.relu_ext.fused_linear_relu_forward(torch.randn(3, 4), torch.randn(8, 4).double())
