@@ -1,8 +1,7 @@
 // The Python extension module torch_relu_ext._C. Importing it loads this
-// shared object, whose static initialisers register the relu_ext operators.
-// Its functions report which build of the CPU loops and which float32 matrix
-// product run. Kept out of the
-// LibTorch library.
+// shared object, whose static initialisers register the relu_ext operators;
+// its functions report which CPU loops and float32 product run. Not part of
+// the LibTorch library (it needs Python).
 #include <Python.h>
 
 #include "../cpu/loops.h"
