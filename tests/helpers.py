@@ -1,11 +1,25 @@
-"""Shared helpers: tolerances and float64 references."""
+"""Shared test helpers: dtypes, devices, the GPU marker, tolerances."""
 
 import os
 import socket
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every dtype the operators accept.
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# Tests that need a visible CUDA GPU (they are collected everywhere and skip
+# without one).
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cpu_and_cuda():
+    """Devices to parametrise over: cpu, plus cuda (skipped without a GPU), as
+    torchvision's tests do."""
+    return ("cpu", pytest.param("cuda", marks=gpu))
 
 
 def child_env(**extra):
