@@ -6,6 +6,8 @@ import socket
 import pytest
 import torch
 
+from torch_relu_ext._registry import mask_bytes, operators  # noqa: F401  (re-exported for the tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Every dtype the operators accept.
@@ -67,13 +69,6 @@ def assert_within(actual, exact, magnitude, dtype, what=""):
     if err.numel():
         worst = (err / bound).max().item()
         assert worst <= 1.0, f"{what}: error {worst:.3g}x over the {dtype} bound"
-
-
-def mask_bytes(rows, out_features, device):
-    """Size of the packed ReLU mask: ld = out_features bits per row on CPU,
-    rounded up to a multiple of 128 on CUDA (cuBLASLt's rule)."""
-    ld = (out_features + 127) // 128 * 128 if torch.device(device).type == "cuda" else out_features
-    return (rows * ld + 7) // 8
 
 
 def free_port():

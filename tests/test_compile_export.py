@@ -6,7 +6,7 @@ import functools
 import pytest
 import torch
 import torch._dynamo
-from helpers import cpu_and_cuda
+from helpers import cpu_and_cuda, operators
 from models import Net, grads_of
 
 ops = torch.ops.relu_ext
@@ -132,6 +132,11 @@ OPCHECK_IDS = [f"{i}-{op.__name__}" for i, (op, _) in enumerate(opcheck_samples(
 def test_opcheck(device, i):
     op, args = opcheck_samples(device)[i]
     torch.library.opcheck(op, args)
+
+
+def test_opcheck_covers_every_operator():
+    covered = {op.__name__.split(".")[0] for op, _ in opcheck_samples()} | {"dead_stats_update_"}
+    assert covered == set(operators())
 
 
 def test_opcheck_dead_stats_update():

@@ -12,29 +12,22 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import gpu, mask_bytes
+from helpers import gpu, mask_bytes, operators
 from torch.utils.cpp_extension import CUDA_HOME
 
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
-OPS = [
-    "fused_linear_relu",
-    "fused_linear_relu_forward",
-    "fused_linear_relu_backward",
-    "relu_mask_unpack",
-    "dead_prelu",
-    "dead_prelu_backward",
-]
 CPU_ONLY = os.environ.get("TORCH_RELU_EXT_CPU_ONLY", "0") not in ("", "0")
 
 
 @pytest.mark.skipif(CUDA_HOME is None or CPU_ONLY, reason="no nvcc on this machine (or a CPU-only build was asked for)")
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", operators())
 def test_cuda_kernels_registered(op):
-    # nvcc is here, so the build must have compiled and registered the CUDA
-    # kernels: a silently CPU-only build fails this, GPU or not.
-    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", "CUDA")
+    # nvcc is here, so the build must have compiled and registered a CUDA
+    # kernel for every operator (its own, or a composite one): a silently
+    # CPU-only build fails this, GPU or not.
+    assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(f"relu_ext::{op}", "CUDA")
 
 
 @pytest.fixture(params=["cublaslt", "fallback"])
