@@ -52,13 +52,13 @@ HEADERS = rel("csrc/**/*.h") + rel("csrc/**/*.cuh") + rel("include/**/*.h")
 # loops built for each instruction set (csrc/cpu/loops.h) give bitwise the
 # same results.
 # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers
-# (torch's wheels use the OpenMP backend): compiled without it, every kernel
-# here ran on one thread (measured: 98% of samples on the main thread).
+# (torch's wheels use the OpenMP backend): without it every kernel runs on
+# one thread.
 CXX_FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 LINK_FLAGS = ["-fopenmp"]
 if os.environ.get("TORCH_RELU_EXT_SANITIZE", "0") not in ("", "0"):
-    # ASan + UBSan for the project's C++ (CPU-only build; see the README for
-    # running the Python tests against it).
+    # ASan + UBSan for the project's C++ (CPU-only build; docs/reliability.md
+    # shows how to run the Python tests against it).
     CXX_FLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     LINK_FLAGS += ["-fsanitize=address,undefined"]
     os.environ["TORCH_RELU_EXT_CPU_ONLY"] = "1"

@@ -34,13 +34,10 @@ import statistics
 import sys
 import time
 
-# glibc malloc at its steady state, for every competitor alike. By default
-# glibc decides from the allocation history whether a large tensor comes from
-# the heap (memory reused: no page faults) or from a fresh mmap (4 KiB page
-# faults over the whole tensor, which can cost more than the computation):
-# the same call then took 1x or 5x depending on what ran before. Pinned here:
-# below 32 MiB from the heap and kept, 32 MiB and more (glibc's ceiling)
-# always from fresh pages. Set before the first allocation: the process
+# glibc malloc pinned at its steady state for every competitor alike: below
+# 32 MiB from the heap and kept, 32 MiB and more always from fresh pages
+# (unpinned, page faults made a call's time depend on what ran before; see
+# docs/performance.md). Set before the first allocation: the process
 # re-executes itself once with these variables.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
@@ -83,13 +80,10 @@ class Timer:
 
     def group(self, competitors):
         """{name: (fn, inputs)} -> {name: (median ms, IQR ms, repetitions)}.
-        The competitors are interleaved, one call each per round, so that a
-        slow spell of this shared machine hits all of them alike instead of
-        whichever was being timed (ratios of blocks timed one after the other
-        moved by up to 2x between runs). The order rotates every round: a
-        call that follows a memory-hungry competitor pays for its evictions
-        (measured: dead_prelu at 1.2x a clone's time when it ran right after
-        eager, 0.96x when the clone did)."""
+        Competitors are interleaved, one call each per round, so a slow spell
+        of the machine hits all alike; the order rotates every round, so no
+        one always pays for the cache evictions of a memory-hungry
+        predecessor (docs/performance.md)."""
         for fn, inputs in competitors.values():
             for i in range(3):
                 fn(*inputs[i % len(inputs)])

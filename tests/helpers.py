@@ -1,11 +1,27 @@
-"""Shared helpers: tolerances and float64 references."""
+"""Shared test helpers: dtypes, devices, the GPU marker, tolerances."""
 
 import os
 import socket
 
+import pytest
 import torch
 
+from torch_relu_ext._registry import mask_bytes, operators  # noqa: F401  (re-exported for the tests)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Every dtype the operators accept.
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# Tests that need a visible CUDA GPU (they are collected everywhere and skip
+# without one).
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def cpu_and_cuda():
+    """Devices to parametrise over: cpu, plus cuda (skipped without a GPU), as
+    torchvision's tests do."""
+    return ("cpu", pytest.param("cuda", marks=gpu))
 
 
 def child_env(**extra):
@@ -53,13 +69,6 @@ def assert_within(actual, exact, magnitude, dtype, what=""):
     if err.numel():
         worst = (err / bound).max().item()
         assert worst <= 1.0, f"{what}: error {worst:.3g}x over the {dtype} bound"
-
-
-def mask_bytes(rows, out_features, device):
-    """Size of the packed ReLU mask: ld = out_features bits per row on CPU,
-    rounded up to a multiple of 128 on CUDA (cuBLASLt's rule)."""
-    ld = (out_features + 127) // 128 * 128 if torch.device(device).type == "cuda" else out_features
-    return (rows * ld + 7) // 8
 
 
 def free_port():

@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import gpu
 from torch import nn
 
 from torch_relu_ext import functional as RF
 from torch_relu_ext.nn import DeadAwarePReLU, FusedLinearReLU
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CASES = [("cpu", torch.bfloat16), pytest.param("cuda", torch.float16, marks=gpu), pytest.param("cuda", torch.bfloat16, marks=gpu)]
 
 

@@ -1,14 +1,19 @@
-"""dead_prelu against F.prelu (same dtype: bitwise; float64 references)."""
+"""dead_prelu against F.prelu (same dtype: bitwise; float64 references), on
+cpu and, where a GPU is visible, cuda."""
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_within
+from helpers import DTYPES, assert_within, cpu_and_cuda
 
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture(params=cpu_and_cuda())
+def device(request):
+    return request.param
 
 
 def channel_dims(x):
@@ -131,22 +136,35 @@ WEIGHT_CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,layout,per_channel", WEIGHT_CASES, ids=str)
-def test_matches_prelu(dtype, shape, layout, per_channel):
-    x = make(shape, dtype, layout)
+def test_matches_prelu(device, dtype, shape, layout, per_channel):
+    x = make(shape, dtype, layout, device=device)
     c = channels(x)
     n = c if per_channel else 1
-    w = (torch.rand(n, dtype=torch.float32) * 0.5 - 0.1).to(dtype)
+    w = (torch.rand(n, dtype=torch.float32) * 0.5 - 0.1).to(dtype).to(device)
     check(x, w)
 
 
-def test_zero_dim_weight():
-    x = torch.randn(3, 4)
-    check(x, torch.tensor(0.3))
+def test_large_and_vectorized(device):
+    """Sizes that take CUDA's vectorized (16-byte) paths and many chunks."""
+    for shape, mf in [
+        ((8, 64, 56, 56), torch.contiguous_format),
+        ((8, 64, 56, 56), torch.channels_last),
+        ((4096, 1000), torch.contiguous_format),
+        ((3, 5, 7, 9), torch.contiguous_format),
+    ]:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=mf)
+            check(x, torch.rand(shape[1], dtype=dtype, device=device))
 
 
-def test_channels_last_is_not_copied():
-    x = torch.randn(4, 6, 5, 7).to(memory_format=torch.channels_last)
-    w = torch.rand(6)
+def test_zero_dim_weight(device):
+    x = torch.randn(3, 4, device=device)
+    check(x, torch.tensor(0.3, device=device))
+
+
+def test_channels_last_is_not_copied(device):
+    x = torch.randn(4, 6, 5, 7, device=device).to(memory_format=torch.channels_last)
+    w = torch.rand(6, device=device)
     out, _ = RF.dead_prelu(x, w)
     assert out.is_contiguous(memory_format=torch.channels_last)
     xr = x.clone().requires_grad_()
@@ -156,10 +174,13 @@ def test_channels_last_is_not_copied():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nan_inf_signed_zero(dtype):
+def test_nan_inf_signed_zero(device, dtype):
     vals = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30, -1e-30, 2.0, -3.0]
-    x = torch.tensor(vals * 3, dtype=dtype).reshape(3, 9).T.contiguous()  # (9, 3)
-    for w in (torch.tensor([0.25, -0.5, 0.0], dtype=dtype), torch.tensor([float("nan"), float("inf"), -0.0], dtype=dtype)):
+    x = torch.tensor(vals * 3, dtype=dtype, device=device).reshape(3, 9).T.contiguous()  # (9, 3)
+    for w in (
+        torch.tensor([0.25, -0.5, 0.0], dtype=dtype, device=device),
+        torch.tensor([float("nan"), float("inf"), -0.0], dtype=dtype, device=device),
+    ):
         out, count = RF.dead_prelu(x, w)
         ref = F.prelu(x, w)
         torch.testing.assert_close(out, ref, rtol=0, atol=0, equal_nan=True)
@@ -170,21 +191,21 @@ def test_nan_inf_signed_zero(dtype):
         wr = w.clone().requires_grad_()
         xe = x.clone().requires_grad_()
         we = w.clone().requires_grad_()
-        g = torch.randn(9, 3, dtype=dtype)
+        g = torch.randn(9, 3, dtype=dtype).to(device)
         a = torch.autograd.grad(RF.dead_prelu(xr, wr)[0], (xr, wr), g)
         e = torch.autograd.grad(F.prelu(xe, we), (xe, we), g)
         torch.testing.assert_close(a[0], e[0], rtol=0, atol=0, equal_nan=True)
         torch.testing.assert_close(a[1], e[1], equal_nan=True, rtol=1e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("shape", [(), (5,), (4, 3), (2, 3, 4), (2, 3, 2, 2)], ids=str)
+@pytest.mark.parametrize("shape", [(), (5,), (4, 3), (2, 3, 4), (3, 4, 5), (2, 3, 2, 2)], ids=str)
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar_w", "channel_w"])
-def test_gradcheck_and_gradgradcheck(shape, per_channel):
-    x = torch.randn(shape, dtype=torch.float64)
+def test_gradcheck_and_gradgradcheck(device, shape, per_channel):
+    x = torch.randn(shape, dtype=torch.float64, device=device)
     # Keep inputs away from the kink at 0 where finite differences break.
     x = torch.where(x.abs() < 0.1, x.sign() * 0.1 + x, x).requires_grad_()
     n = channels(x) if per_channel else 1
-    w = torch.rand(n, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(n, dtype=torch.float64, device=device, requires_grad=True)
 
     def fn(a, b):
         return RF.dead_prelu(a, b)[0]
@@ -193,9 +214,9 @@ def test_gradcheck_and_gradgradcheck(shape, per_channel):
     assert torch.autograd.gradgradcheck(fn, (x, w))
 
 
-def test_double_backward_matches_eager():
-    x0 = torch.randn(6, 4, 3, dtype=torch.float64)
-    w0 = torch.rand(4, dtype=torch.float64)
+def test_double_backward_matches_eager(device):
+    x0 = torch.randn(6, 4, 3, dtype=torch.float64, device=device)
+    w0 = torch.rand(4, dtype=torch.float64, device=device)
     res = []
     for fn in (lambda a, b: RF.dead_prelu(a, b)[0], F.prelu):
         x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
@@ -206,18 +227,18 @@ def test_double_backward_matches_eager():
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-def test_backward_op_output_mask():
-    x = torch.randn(3, 4, 5)
-    w = torch.rand(4)
+def test_backward_op_output_mask(device):
+    x = torch.randn(3, 4, 5, device=device)
+    w = torch.rand(4, device=device)
     g = torch.randn_like(x)
     for sel in ([True, True], [True, False], [False, True], [False, False]):
         gi, gw = ops.dead_prelu_backward(g, x, w, sel)
         assert (gi is not None) == sel[0] and (gw is not None) == sel[1]
 
 
-def test_counts_not_differentiable_and_inputs_unchanged():
-    x = torch.randn(5, 3, requires_grad=True)
-    w = torch.rand(3, requires_grad=True)
+def test_counts_not_differentiable_and_inputs_unchanged(device):
+    x = torch.randn(5, 3, device=device, requires_grad=True)
+    w = torch.rand(3, device=device, requires_grad=True)
     xc, wc = x.detach().clone(), w.detach().clone()
     out, count = RF.dead_prelu(x, w)
     assert not count.requires_grad

@@ -1,18 +1,36 @@
-"""fused_linear_relu against torch.nn.functional (float64 references)."""
+"""fused_linear_relu (and its mask operators) against torch.nn.functional
+(float64 references), on every device: cpu, and cuda on both forward paths
+(cuBLASLt's epilogue, and cuBLAS + our kernel) where a GPU is visible."""
 
 import itertools
 import math
+import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import MAG_TOL, assert_within, mask_bytes
+from helpers import DTYPES, MAG_TOL, assert_within, gpu, mask_bytes
 
 from torch_relu_ext import _C
 from torch_relu_ext import functional as RF
 
 ops = torch.ops.relu_ext
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+CUBLASLT_OFF = "TORCH_RELU_EXT_DISABLE_CUBLASLT"
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda-cublaslt", marks=gpu), pytest.param("cuda-fallback", marks=gpu)])
+def device(request, monkeypatch):
+    """The device a test runs on; on cuda, each forward path in turn."""
+    if request.param == "cpu":
+        return "cpu"
+    monkeypatch.setenv(CUBLASLT_OFF, "1" if request.param == "cuda-fallback" else "0")
+    return "cuda"
+
+
+def on_cublaslt(device):
+    """Whether the CUDA forward may take cuBLASLt's epilogue (its semantics
+    differ from eager's at exact zeros and for 16-bit NaN/Inf: docs/cuda.md)."""
+    return device == "cuda" and os.environ.get(CUBLASLT_OFF, "0") == "0"
 
 
 def make_input(lead, in_f, dtype, layout="contiguous", device="cpu"):
@@ -109,37 +127,39 @@ SHAPES = [
     ((9000,), 16, 33),  # many row blocks: the parallel per-block path
     ((30000,), 3, 5),  # few blocks, odd width: the split epilogue path
     ((601,), 3, 4100),  # backward in 3 row blocks, the last one partial
+    ((256,), 64, 128),  # CUDA: cuBLASLt-aligned sizes, vectorized mask-grad kernel
+    ((1000,), 96, 200),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lead,in_f,out_f", SHAPES, ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_matches_functional(dtype, lead, in_f, out_f, bias):
-    x = make_input(lead, in_f, dtype)
-    w = torch.randn(out_f, in_f, dtype=dtype) / max(1, in_f) ** 0.5
-    b = torch.randn(out_f, dtype=dtype) if bias else None
+def test_matches_functional(device, dtype, lead, in_f, out_f, bias):
+    x = make_input(lead, in_f, dtype, device=device)
+    w = (torch.randn(out_f, in_f, dtype=dtype) / max(1, in_f) ** 0.5).to(device)
+    b = torch.randn(out_f, dtype=dtype).to(device) if bias else None
     check_forward_and_grads(x, w, b)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
-def test_strided_inputs(dtype, layout):
-    x = make_input((6, 5), 19, dtype, layout)
+def test_strided_inputs(device, dtype, layout):
+    x = make_input((6, 5), 19, dtype, layout, device=device)
     assert not x.is_contiguous()
-    w = torch.randn(23, 19, dtype=dtype)
-    b = torch.randn(23, dtype=dtype)
+    w = torch.randn(23, 19, dtype=dtype).to(device)
+    b = torch.randn(23, dtype=dtype).to(device)
     check_forward_and_grads(x, w, b)
     # Non-contiguous weight and bias too.
-    wt = torch.randn(19, 23, dtype=dtype).T
-    b2 = torch.randn(46, dtype=dtype)[::2]
+    wt = torch.randn(19, 23, dtype=dtype).to(device).T
+    b2 = torch.randn(46, dtype=dtype).to(device)[::2]
     check_forward_and_grads(x, wt, b2)
 
 
-def test_float64_exactly_like_eager():
-    x = torch.randn(33, 21, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(15, 21, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(15, dtype=torch.float64, requires_grad=True)
+def test_float64_exactly_like_eager(device):
+    x = torch.randn(33, 21, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(15, 21, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(15, dtype=torch.float64, device=device, requires_grad=True)
     y = RF.fused_linear_relu(x, w, b)
     r = F.relu(F.linear(x, w, b))
     torch.testing.assert_close(y, r, rtol=1e-13, atol=1e-13)
@@ -206,8 +226,8 @@ def nan_inf_case(dtype, device="cpu", cublaslt=False, rows=16, in_f=8, out_f=6):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_nan_inf_signed_zero(dtype):
-    nan_inf_case(dtype)
+def test_nan_inf_signed_zero(device, dtype):
+    nan_inf_case(dtype, device=device, cublaslt=on_cublaslt(device))
 
 
 # float32 products our own AVX-512 kernels take where this CPU runs them
@@ -273,7 +293,7 @@ def test_float32_results_do_not_depend_on_thread_count(lead, in_f, out_f):
                 torch.testing.assert_close(a, e)
 
 
-def test_relu_of_negative_zero_matches_torch(device="cpu"):
+def test_relu_of_negative_zero_matches_torch(device):
     # torch.relu(-0.0) is -0.0: reproduced bit for bit.
     x = torch.zeros(4, 1, device=device)
     w = torch.ones(3, 1, device=device)
@@ -284,32 +304,32 @@ def test_relu_of_negative_zero_matches_torch(device="cpu"):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-def test_gradcheck_and_gradgradcheck(bias):
-    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True) if bias else None
+def test_gradcheck_and_gradgradcheck(device, bias):
+    x = torch.randn(6, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True) if bias else None
     args = (x, w, b) if bias else (x, w)
     assert torch.autograd.gradcheck(RF.fused_linear_relu, args)
     assert torch.autograd.gradgradcheck(RF.fused_linear_relu, args)
 
 
-def test_gradgradcheck_leading_dims():
-    x = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+def test_gradgradcheck_leading_dims(device):
+    x = torch.randn(2, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradgradcheck(RF.fused_linear_relu, (x, w, b))
 
 
-def test_gradient_penalty_matches_eager():
+def test_gradient_penalty_matches_eager(device):
     # Double backward in a real use: an input-gradient penalty.
     def penalty(fn, x, w, b):
         y = fn(x, w, b)
         (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
         return (gx**2).sum()
 
-    x0 = torch.randn(10, 7, dtype=torch.float64)
-    w0 = torch.randn(5, 7, dtype=torch.float64)
-    b0 = torch.randn(5, dtype=torch.float64)
+    x0 = torch.randn(10, 7, dtype=torch.float64, device=device)
+    w0 = torch.randn(5, 7, dtype=torch.float64, device=device)
+    b0 = torch.randn(5, dtype=torch.float64, device=device)
     grads = []
     for fn in (RF.fused_linear_relu, lambda x, w, b: F.relu(F.linear(x, w, b))):
         x, w, b = (t.clone().requires_grad_() for t in (x0, w0, b0))
@@ -319,29 +339,29 @@ def test_gradient_penalty_matches_eager():
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-def test_only_needed_gradients():
-    x = torch.randn(8, 4)
-    w = torch.randn(3, 4, requires_grad=True)
-    b = torch.randn(3)
+def test_only_needed_gradients(device):
+    x = torch.randn(8, 4, device=device)
+    w = torch.randn(3, 4, device=device, requires_grad=True)
+    b = torch.randn(3, device=device)
     y = RF.fused_linear_relu(x, w, b)
     (gw,) = torch.autograd.grad(y.sum(), w)
     pre = x @ w.detach().T + b
     torch.testing.assert_close(gw, ((pre > 0).float()).T @ x)
 
 
-def test_inference_path_skips_mask_and_matches():
-    x = torch.randn(50, 12)
-    w = torch.randn(9, 12, requires_grad=True)
+def test_inference_path_skips_mask_and_matches(device):
+    x = torch.randn(50, 12, device=device)
+    w = torch.randn(9, 12, device=device, requires_grad=True)
     with torch.no_grad():
         y = RF.fused_linear_relu(x, w)
     assert y.grad_fn is None
     torch.testing.assert_close(y, F.relu(F.linear(x, w.detach())))
 
 
-def test_inputs_not_modified():
-    x = torch.randn(20, 6, requires_grad=True)
-    w = torch.randn(7, 6, requires_grad=True)
-    b = torch.randn(7, requires_grad=True)
+def test_inputs_not_modified(device):
+    x = torch.randn(20, 6, device=device, requires_grad=True)
+    w = torch.randn(7, 6, device=device, requires_grad=True)
+    b = torch.randn(7, device=device, requires_grad=True)
     copies = [t.detach().clone() for t in (x, w, b)]
     y = RF.fused_linear_relu(x, w, b)
     g = torch.randn_like(y)
@@ -353,9 +373,9 @@ def test_inputs_not_modified():
 
 
 @pytest.mark.parametrize("lead", [(), (7,), (3, 5), (2, 0)], ids=str)
-def test_backward_op_output_mask(lead):
-    x = torch.randn(lead + (6,))
-    w = torch.randn(4, 6)
+def test_backward_op_output_mask(device, lead):
+    x = torch.randn(lead + (6,), device=device)
+    w = torch.randn(4, 6, device=device)
     out, mask = ops.fused_linear_relu_forward(x, w, None)
     g = torch.randn_like(out)
     for sel in itertools.product([False, True], repeat=3):
@@ -365,6 +385,20 @@ def test_backward_op_output_mask(lead):
                 assert t is not None and t.shape == shape
             else:
                 assert t is None
+
+
+def test_mask_count(device):
+    """relu_mask_count: per output feature, the mask's set bits, i.e. the
+    positive pre-activations (compared where the sign is clear of rounding)."""
+    for rows, out_f in ((1, 1), (33, 130), (1000, 256)):
+        x = torch.randn(rows, 16, device=device)
+        w = torch.randn(out_f, 16, device=device)
+        out, mask = ops.fused_linear_relu_forward(x, w, None)
+        pre = x.double() @ w.double().T
+        clear = (pre.abs() > 1e-4).all(0)
+        counts = ops.relu_mask_count(mask, out)
+        assert counts.dtype == torch.int64 and counts.shape == (out_f,)
+        assert torch.equal(counts[clear], (pre > 0).sum(0)[clear])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

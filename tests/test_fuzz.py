@@ -13,7 +13,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from helpers import ABS_FLOOR, MAG_TOL
+from helpers import ABS_FLOOR, DTYPES, MAG_TOL
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +32,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 SIZES = st.sampled_from([0, 1, 2, 3, 5, 7, 8, 13, 17])
 # Largest magnitude per dtype such that products of two stay finite.
 LARGE = {torch.float32: 1e15, torch.float64: 1e100, torch.bfloat16: 1e15, torch.float16: 100.0}

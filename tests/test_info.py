@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import torch
-from helpers import child_env
+from helpers import child_env, operators
 
 import torch_relu_ext
 
@@ -17,6 +17,9 @@ def test_info_command_runs_and_self_checks():
     assert "torch-relu-ext 0.1.0" in out
     assert "self-check cpu: OK" in out
     assert f"CPU float32 matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
+    # One row per operator the dispatcher knows.
+    rows = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in operators()}
+    assert rows == set(operators())
     row = next(line for line in out.splitlines() if line.startswith("fused_linear_relu ")).split()
     assert row[1] == "yes" and row[3] == "yes"  # CPU and Autograd kernels
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")

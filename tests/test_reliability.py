@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from helpers import cpu_and_cuda
 
 from torch_relu_ext import functional as RF
 
@@ -45,6 +46,27 @@ def test_bitwise_deterministic(deterministic):
                 assert torch.equal(a, b)
     finally:
         torch.use_deterministic_algorithms(prev)
+
+
+@pytest.mark.parametrize("device", cpu_and_cuda())
+def test_bitwise_deterministic_many_chunks(device):
+    """Reductions over many chunks (bias, PReLU weight, counts) come out
+    bitwise the same on every run: fixed chunks summed in order, no atomics."""
+    x = torch.randn(4096, 256, device=device, requires_grad=True)
+    w = torch.randn(512, 256, device=device, requires_grad=True)
+    b = torch.randn(512, device=device, requires_grad=True)
+    xp = torch.randn(32, 64, 28, 28, device=device, requires_grad=True)
+    wp = torch.rand(64, device=device, requires_grad=True)
+    runs = []
+    for _ in range(3):
+        y = RF.fused_linear_relu(x, w, b)
+        g1 = torch.autograd.grad(y.square().sum(), (b,))
+        out, count = RF.dead_prelu(xp, wp)
+        g2 = torch.autograd.grad(out.square().sum(), (xp, wp))
+        runs.append([y, *g1, out, count, *g2])
+    for other in runs[1:]:
+        for a, e in zip(runs[0], other):
+            assert torch.equal(a, e)
 
 
 def test_eight_python_threads():

@@ -9,23 +9,25 @@ import torch.nn.functional as F
 
 import torch_relu_ext
 from torch_relu_ext import _C
+from torch_relu_ext._registry import operators
 
-OPS = [
-    "fused_linear_relu",
-    "fused_linear_relu_forward",
-    "fused_linear_relu_backward",
-    "relu_mask_unpack",
-    "relu_mask_count",
-    "dead_prelu",
-    "dead_prelu_backward",
-]
-KEYS = ["CPU", "CUDA", "Autograd", "AutocastCPU", "AutocastCUDA", "Meta"]
+# Column title -> dispatch key.
+KEYS = {
+    "CPU": "CPU",
+    "CUDA": "CUDA",
+    "Autograd": "Autograd",
+    "AutocastCPU": "AutocastCPU",
+    "AutocastCUDA": "AutocastCUDA",
+    "Meta": "Meta",
+    "Composite": "CompositeExplicitAutograd",
+}
 
 
 def kernel_table():
+    """Which dispatch keys have a kernel, per operator, read from the dispatcher."""
     lines = [f"{'operator':<30}" + "".join(f"{k:>13}" for k in KEYS)]
-    for op in OPS:
-        row = [torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", k) for k in KEYS]
+    for op in operators():
+        row = [torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", k) for k in KEYS.values()]
         lines.append(f"{op:<30}" + "".join(f"{'yes' if r else '-':>13}" for r in row))
     return "\n".join(lines)
 

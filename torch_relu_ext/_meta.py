@@ -6,6 +6,8 @@ kernels do, with symbolic sizes, and check the arguments the shapes depend on.
 
 import torch
 
+from ._registry import mask_bytes
+
 _lib = torch.library
 
 
@@ -57,13 +59,6 @@ def _check_linear(op, input, weight, bias):
         )
 
 
-def _mask_bytes(rows, out_features, device):
-    """Bytes of the packed ReLU mask (csrc/core/relu_mask.h): ld = out_features
-    bits per row on CPU, out_features rounded up to 128 on CUDA (cuBLASLt)."""
-    ld = (out_features + 127) // 128 * 128 if device.type == "cuda" else out_features
-    return (rows * ld + 7) // 8
-
-
 def _rows(input):
     rows = 1
     for s in input.shape[:-1]:
@@ -81,7 +76,7 @@ def _fused_linear_relu_fake(input, weight, bias=None):
 def _fused_linear_relu_forward_fake(input, weight, bias=None):
     _check_linear("relu_ext::fused_linear_relu_forward", input, weight, bias)
     out = input.new_empty(tuple(input.shape[:-1]) + (weight.shape[0],))
-    mask = input.new_empty((_mask_bytes(_rows(input), weight.shape[0], input.device),), dtype=torch.uint8)
+    mask = input.new_empty((mask_bytes(_rows(input), weight.shape[0], input.device),), dtype=torch.uint8)
     return out, mask
 
 
@@ -90,7 +85,7 @@ def _fused_linear_relu_backward_fake(grad_output, input, weight, mask, output_ma
     op = "relu_ext::fused_linear_relu_backward"
     _check_linear(op, input, weight, None)
     _check_same_device(op, "input", input, grad_output=grad_output)
-    expected = _mask_bytes(_rows(input), weight.shape[0], input.device)
+    expected = mask_bytes(_rows(input), weight.shape[0], input.device)
     torch._check(
         mask.dtype == torch.uint8 and mask.dim() == 1 and mask.shape[0] == expected,
         lambda: f"{op}: expected argument 'mask' to be a uint8 tensor of shape ({expected},)",
@@ -110,7 +105,7 @@ def _relu_mask_unpack_fake(mask, size):
 def _relu_mask_count_fake(mask, output):
     out_features = output.shape[-1] if output.dim() > 0 else 1
     rows = _rows(output) if output.dim() > 0 else 1
-    expected = _mask_bytes(rows, out_features, mask.device)
+    expected = mask_bytes(rows, out_features, mask.device)
     torch._check(
         mask.dtype == torch.uint8 and mask.dim() == 1 and mask.shape[0] == expected,
         lambda: f"relu_ext::relu_mask_count: expected argument 'mask' to be a uint8 tensor of shape ({expected},)",

@@ -1,6 +1,5 @@
-// Plain C++ (no ATen) helpers shared by the CPU kernels and, later, the CUDA
-// kernels: the element-wise math lives here once so both devices agree bit for
-// bit and the CPU test suite exercises it.
+// Plain C++ (no ATen) helpers shared by the CPU and CUDA kernels: the
+// element-wise math and mask layout live here once, so both devices agree.
 #pragma once
 
 #if defined(__CUDACC__) || defined(__HIPCC__)

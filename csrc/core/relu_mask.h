@@ -1,9 +1,12 @@
 // The packed ReLU mask that fused_linear_relu keeps for backward.
 //
-// Layout: one bit per element of the (rows, out_features) output in row-major
-// order, flattened: bit e lives in byte e / 8 at position e % 8 (LSB first).
-// The mask tensor is uint8 of shape [ceil(rows * out_features / 8)]; bits past
-// the last element are zero. A bit is 1 where the pre-activation was > 0.
+// A bit matrix over the (rows, out_features) output with a leading dimension
+// of ld bits per row (relu_mask_ld: out_features on CPU; rounded up to 128 on
+// CUDA, cuBLASLt's rule). Element (r, o) is bit e = r * ld + o: byte e / 8,
+// bit e % 8 (LSB first). The tensor is uint8 [ceil(rows * ld / 8)]; padding
+// bits are zero. A bit is 1 where the gradient passes: relu_passes
+// (relu_math.h) in our kernels; cuBLASLt also sets it for exact zeros.
+// Layout in full: docs/cuda.md.
 #pragma once
 
 #include <cstdint>

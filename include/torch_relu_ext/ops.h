@@ -1,6 +1,8 @@
-// Public C++ API of torch-relu-ext. Each function calls the registered
-// relu_ext operator through the PyTorch dispatcher, so autograd, device
-// dispatch and TorchScript see exactly what Python sees.
+// C++ API of torch-relu-ext. Each function calls the registered relu_ext
+// operator through the PyTorch dispatcher, so autograd, device dispatch and
+// TorchScript see exactly what Python sees. Public: fused_linear_relu and
+// dead_prelu. The others are internal (autograd and the modules use them):
+// callable, but not the stable surface.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -16,35 +18,39 @@ namespace torch_relu_ext {
 at::Tensor fused_linear_relu(const at::Tensor& input, const at::Tensor& weight,
                              const std::optional<at::Tensor>& bias = std::nullopt);
 
-// Forward that also returns the packed ReLU mask kept for backward: uint8
-// [ceil(rows * out_features / 8)], bit e (LSB first) set where output
-// element e (row-major over (rows, out_features)) had a pre-activation that
-// is not <= 0 (positive or NaN: where eager ReLU's backward passes grad).
+// Internal (used by autograd and the modules). Forward that also returns the
+// packed ReLU mask kept for backward: uint8 [ceil(rows * ld / 8)], where
+// ld = out_features bits per row on CPU and out_features rounded up to 128 on
+// CUDA (cuBLASLt's rule; padding bits are 0). The bit of output element
+// (r, o) is bit r * ld + o, LSB first, set where the pre-activation is not
+// <= 0 (positive or NaN: where eager ReLU's backward passes the gradient).
+// Layout and cuBLASLt's exceptions: docs/cuda.md.
 std::tuple<at::Tensor, at::Tensor> fused_linear_relu_forward(
     const at::Tensor& input, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias = std::nullopt);
 
-// Gradients of fused_linear_relu from the saved input, weight and mask.
-// output_mask selects (grad_input, grad_weight, grad_bias); unselected ones
-// are returned undefined.
+// Internal. Gradients of fused_linear_relu from the saved input, weight and
+// mask. output_mask selects (grad_input, grad_weight, grad_bias); unselected
+// ones are returned undefined.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_linear_relu_backward(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     const at::Tensor& mask, std::array<bool, 3> output_mask);
 
-// The packed mask expanded to a bool tensor of the given shape.
+// Internal. The packed mask expanded to a bool tensor of the given shape.
 at::Tensor relu_mask_unpack(const at::Tensor& mask, at::IntArrayRef size);
 
-// Per output feature, the number of set bits of the mask that
+// Internal. Per output feature, the number of set bits of the mask that
 // fused_linear_relu_forward returned with `output`: int64 [out_features]. A
-// popcount over the mask (1 bit per element); `output` gives the shape only,
-// its data is not read.
+// popcount over the mask's real (non-padding) bits; `output` gives the shape
+// only, its data is not read.
 at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output);
 
 // F.prelu(input, weight) plus, per channel, the number of strictly positive
 // input elements (int64 [C]; C = input.size(1) for 2+ dims, else 1).
 std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input, const at::Tensor& weight);
 
-// (grad_input, grad_weight) of dead_prelu; output_mask selects which.
+// Internal. (grad_input, grad_weight) of dead_prelu; output_mask selects
+// which.
 std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(const at::Tensor& grad_output,
                                                        const at::Tensor& input,
                                                        const at::Tensor& weight,

@@ -1,0 +1,33 @@
+"""Facts about the relu_ext operators that the Python side needs, each written
+once: the operator list (read from the dispatcher, so it cannot fall behind
+the schemas in csrc/ops.cpp) and the packed mask's size (the formula of
+csrc/core/relu_mask.h; tests/test_mask_layout.py checks that they agree)."""
+
+import torch
+
+NAMESPACE = "relu_ext"
+
+
+def operators():
+    """Names (without the namespace) of every relu_ext operator registered
+    with the dispatcher, sorted."""
+    prefix = NAMESPACE + "::"
+    return sorted(n[len(prefix) :] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix))
+
+
+def mask_padded(device):
+    """Whether masks on this device pad each row to 128 bits (cuBLASLt's rule
+    on CUDA); detail::mask_padded in csrc/checks.h."""
+    return torch.device(device).type == "cuda"
+
+
+def mask_ld(out_features, device):
+    """Bits per row of the packed mask: out_features, rounded up to a multiple
+    of 128 where the device pads."""
+    return (out_features + 127) // 128 * 128 if mask_padded(device) else out_features
+
+
+def mask_bytes(rows, out_features, device):
+    """Bytes of the packed ReLU mask of a (rows, out_features) output:
+    ceil(rows * ld / 8). Works on symbolic sizes (the fake kernels use it)."""
+    return (rows * mask_ld(out_features, device) + 7) // 8
