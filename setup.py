@@ -85,7 +85,7 @@ else:
 setup(
     name="torch-relu-ext",
     version=version(),
-    packages=["torch_relu_ext"],
+    packages=["torch_relu_ext", "torch_relu_ext.integrations"],
     package_data={"torch_relu_ext": ["py.typed"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
