@@ -29,7 +29,6 @@ def test_cpp_suite_under_asan_ubsan():
         "-DTORCH_RELU_EXT_SANITIZE=ON",
         "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined",
     ]
     if shutil.which("ccache"):
         args.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
