@@ -181,3 +181,10 @@ def test_import_does_not_import_onnxscript():
         "assert 'relu_ext::fused_linear_relu' in registration.default_registry\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), timeout=120)
+    # onnxscript's registry imported first: registered at import instead.
+    code = (
+        "from onnxscript.function_libs.torch_lib import registration\n"
+        "import torch_relu_ext\n"
+        "assert 'relu_ext::dead_prelu' in registration.default_registry\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=child_env(), timeout=120)
