@@ -233,7 +233,8 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 def _install() -> None:
     """Called by torch_relu_ext's __init__."""
-    register_onnx_symbolics()
+    if hasattr(torch.onnx, "register_custom_op_symbolic"):  # the TorchScript exporter is deprecated upstream
+        register_onnx_symbolics()
     if _TORCHLIB_REGISTRY in sys.modules:
         register_onnx_translations()
     elif importlib.util.find_spec("onnxscript") is not None:
