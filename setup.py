@@ -34,17 +34,24 @@ def build_cuda():
     return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
 
 
+def build_inputs():
+    """csrc/sources.txt, shared with CMakeLists.txt: {kind: [values]}."""
+    inputs = {}
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                kind, value = line.split(None, 1)
+                inputs.setdefault(kind, []).append(value)
+    return inputs
+
+
 # The operator library (schemas, kernels, autograd) plus the Python-only
-# module init. The CMake build of the LibTorch library takes the same sources
-# minus csrc/python.
-SOURCES = (
-    rel("csrc/ops.cpp")
-    + rel("csrc/cpu/*.cpp")
-    + rel("csrc/autograd/*.cpp")
-    + rel("csrc/autocast/*.cpp")
-    + rel("csrc/composite/*.cpp")
-    + rel("csrc/python/*.cpp")
-)
+# module init. The CMake build of the LibTorch library takes the same "lib"
+# and "cuda" sources, without the "python" ones.
+INPUTS = build_inputs()
+SOURCES = [src for pattern in INPUTS["lib"] + INPUTS["python"] for src in rel(pattern)]
+CUDA_SOURCES = [src for pattern in INPUTS["cuda"] for src in rel(pattern)]
 HEADERS = rel("csrc/**/*.h") + rel("csrc/**/*.cuh") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.
@@ -70,11 +77,10 @@ COMMON = dict(
 )
 
 if build_cuda():
-    # Explicit architectures (a machine without a GPU cannot be asked):
-    # Ampere and Hopper machine code plus PTX for newer cards.
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    # Explicit architectures (a machine without a GPU cannot be asked).
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", INPUTS["cuda_arch"][0])
     ext = CUDAExtension(
-        sources=SOURCES + rel("csrc/cuda/*.cu"),
+        sources=SOURCES + CUDA_SOURCES,
         extra_compile_args={"cxx": CXX_FLAGS + ["-DRELU_EXT_WITH_CUDA"], "nvcc": ["-O3", "-DRELU_EXT_WITH_CUDA"]},
         libraries=["cublasLt"],
         **COMMON,
@@ -85,7 +91,7 @@ else:
 setup(
     name="torch-relu-ext",
     version=version(),
-    packages=["torch_relu_ext"],
+    packages=["torch_relu_ext", "torch_relu_ext.integrations"],
     package_data={"torch_relu_ext": ["py.typed"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -4,8 +4,10 @@ separate CMake project with find_package(TorchReluExt), and checks that the
 example's forward and backward of a TorchScript model saved here match
 Python's numbers."""
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -26,16 +28,13 @@ EXAMPLE_BUILD = os.path.join(ROOT, "build", "cmake-example")
 def cmake_args(as_needed=False):
     args = ["-G", "Ninja", f"-DCMAKE_PREFIX_PATH={INSTALL};{torch.utils.cmake_prefix_path}"]
     if shutil.which("ccache"):
-        args.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
-    # The torch wheel's libtorch_cuda needs the NCCL of the wheel's nvidia
-    # packages, found at run time through its RUNPATH; an older system NCCL
-    # must not fail the link of executables.
-    flags = "-Wl,--allow-shlib-undefined"
+        args += ["-DCMAKE_CXX_COMPILER_LAUNCHER=ccache", "-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache"]
+    # No link flags for the torch wheel's NCCL: the project's CMake files
+    # handle it (cmake/TorchReluExtWheelLibs.cmake), for consumers too.
     if as_needed:
         # What Ubuntu's and other distributions' linkers do by default: drop
         # libraries no symbol is taken from. The package must survive it.
-        flags += " -Wl,--as-needed"
-    args.append(f"-DCMAKE_EXE_LINKER_FLAGS={flags}")
+        args.append("-DCMAKE_EXE_LINKER_FLAGS=-Wl,--as-needed")
     return args
 
 
@@ -65,6 +64,30 @@ def test_library_has_no_python(installed):
 def test_installed_package_layout(installed):
     assert os.path.exists(os.path.join(installed, "include", "torch_relu_ext", "ops.h"))
     assert os.path.exists(os.path.join(installed, "lib", "cmake", "TorchReluExt", "TorchReluExtConfig.cmake"))
+
+
+def _gencode(ninja_file):
+    """The CUDA architectures (arch=compute_XX,code=sm_XX|compute_XX) of a ninja build file."""
+    with open(ninja_file) as f:
+        return set(re.findall(r"arch=compute_\w+,code=\w+", f.read()))
+
+
+def test_cmake_build_compiles_cuda_like_setup_py(installed):
+    # setup.py builds the CUDA kernels whenever nvcc is found (no GPU needed);
+    # so does the CMake build (TORCH_RELU_EXT_CUDA=AUTO). Compile check only.
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if torch.version.cuda is None or CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        pytest.skip("needs a CUDA build of torch and nvcc")
+    lib = os.path.join(installed, "lib", "libtorch_relu_ext.so")
+    assert "libcublasLt" in run(["readelf", "-d", lib])
+    assert ".nv_fatbin" in run(["readelf", "-S", "-W", lib]), "no CUDA device code in the library"
+    cmake_archs = _gencode(os.path.join(BUILD, "build.ninja"))
+    assert cmake_archs == {"arch=compute_80,code=sm_80", "arch=compute_90,code=sm_90", "arch=compute_90,code=compute_90"}
+    # The same architectures as the Python extension (built by dev.sh before the tests).
+    python_ninja = glob.glob(os.path.join(ROOT, "build", "temp.*", "build.ninja"))
+    if python_ninja and "TORCH_CUDA_ARCH_LIST" not in os.environ:
+        assert _gencode(python_ninja[0]) == cmake_archs
 
 
 def test_googletest_suite(installed):

@@ -28,6 +28,7 @@ def test_wheel_builds_installs_and_self_checks(tmp_path):
         meta = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert any(n.startswith("torch_relu_ext/_C") and n.endswith(".so") for n in names)
     assert "torch_relu_ext/py.typed" in names
+    assert "torch_relu_ext/integrations/lightning.py" in names
     assert "Requires-Dist: torch>=2.11" in meta
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True)

@@ -32,7 +32,6 @@ def test_cpp_suite_under_asan_ubsan():
         # file:line, the build takes a third less time.
         "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG",
         f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
-        "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined",
     ]
     if shutil.which("ccache"):
         args.append("-DCMAKE_CXX_COMPILER_LAUNCHER=ccache")
