@@ -140,8 +140,9 @@ class DeadNeuronMonitor(Callback):
             optimizer = trainer.optimizers[0] if trainer.optimizers else None
             changes = revive_dead_(pl_module, optimizer, threshold=self.threshold)
             self.revivals.append((step, changes))
-            # Units whose weights changed: a PReLU record lists its dead units and the reset slopes.
-            revived = sum(len(c.get("slope_reset", c.get("units", ()))) for c in changes.values())
+            # Units whose weights changed: a PReLU record lists its dead units and the reset slopes;
+            # a layer revive_dead_ left alone ("skipped": why) changed nothing.
+            revived = sum(len(c.get("slope_reset", c["units"])) for c in changes.values() if "skipped" not in c)
             metrics[f"{self.prefix}/revived_units"] = float(revived)
         self.last_metrics = metrics
         for logger in trainer.loggers:
