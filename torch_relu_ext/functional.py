@@ -12,7 +12,9 @@ def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = No
     """``relu(input @ weight.T + bias)`` in one operator.
 
     Shapes: ``input`` (*, in_features), ``weight`` (out_features, in_features),
-    ``bias`` (out_features) or None; result (*, out_features).
+    ``bias`` (out_features) or None; result (*, out_features). As in
+    ``F.linear``, a 1-D ``weight`` (in_features,) gives a result of shape (*)
+    (``bias`` then has one element, or is None).
 
     For backward it keeps the input, the weight and a 1-bit-per-element ReLU
     mask instead of the output (32x less than eager for the ReLU in float32).
@@ -23,6 +25,15 @@ def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = No
         >>> torch.equal(fused_linear_relu(x, w, b) > 0, torch.relu(x @ w.T + b) > 0)
         True
     """
+    if weight.dim() == 1:
+        # F.linear's vector weight: one output feature, dropped from the shape.
+        if bias is not None and bias.numel() != 1:
+            raise RuntimeError(
+                "fused_linear_relu: with a 1-D 'weight' (in_features,), expected 'bias' to have one element, "
+                f"but got shape {list(bias.shape)}"
+            )
+        b = bias.reshape(1) if bias is not None else None
+        return torch.ops.relu_ext.fused_linear_relu(input, weight.unsqueeze(0), b).squeeze(-1)
     return torch.ops.relu_ext.fused_linear_relu(input, weight, bias)
 
 
