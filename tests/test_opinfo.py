@@ -131,3 +131,19 @@ def test_vector_weight_with_bias_and_errors():
         RF.fused_linear_relu(x, w, torch.randn(2, dtype=torch.float64))
     scripted = torch.jit.script(RF.fused_linear_relu)
     torch.testing.assert_close(scripted(x, w, None), F.relu(x @ w))
+
+
+def test_vector_weight_through_compile_and_export():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, dtype=torch.float64))
+
+        def forward(self, x):
+            return RF.fused_linear_relu(x, self.w)
+
+    m, x = M(), torch.randn(3, 5, 4, dtype=torch.float64)
+    expected = F.relu(x @ m.w.detach())
+    ep = torch.export.export(m, (x,))
+    torch.testing.assert_close(ep.module()(x), expected)
+    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), expected)
