@@ -22,7 +22,7 @@ meta = torch.device("meta")
 LINEAR_CASES = [
     # (call, words that must appear in the message)
     ("0-D input", lambda: RF.fused_linear_relu(torch.tensor(1.0), w, b), ["input", "0-D"]),
-    ("1-D weight", lambda: RF.fused_linear_relu(x, torch.randn(3), b), ["weight", "1-D"]),
+    ("1-D weight, bias of 5", lambda: RF.fused_linear_relu(x, torch.randn(3), b), ["weight", "1-D", "bias", "one element"]),
     ("3-D weight", lambda: RF.fused_linear_relu(x, torch.randn(5, 3, 1), b), ["weight", "3-D"]),
     ("in_features mismatch", lambda: RF.fused_linear_relu(torch.randn(4, 2), w, b), ["in_features", "weight.size(1) = 3"]),
     ("bias size", lambda: RF.fused_linear_relu(x, w, torch.randn(4)), ["bias", "(5,)"]),

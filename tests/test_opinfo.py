@@ -126,7 +126,7 @@ def test_vector_weight_with_bias_and_errors():
     assert RF.fused_linear_relu(torch.randn(3, dtype=torch.float64), w).shape == ()
     with pytest.raises(
         RuntimeError,
-        match=r"fused_linear_relu: with a 1-D 'weight' \(in_features,\), expected 'bias' to have one element, but got shape \[2\]",
+        match=r"relu_ext::fused_linear_relu: with a 1-D 'weight' \(in_features,\), expected 'bias' to have one element, but got shape \[2\]",
     ):
         RF.fused_linear_relu(x, w, torch.randn(2, dtype=torch.float64))
     scripted = torch.jit.script(RF.fused_linear_relu)

@@ -29,7 +29,7 @@ def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = No
         # F.linear's vector weight: one output feature, dropped from the shape.
         if bias is not None and bias.numel() != 1:
             raise RuntimeError(
-                "fused_linear_relu: with a 1-D 'weight' (in_features,), expected 'bias' to have one element, "
+                "relu_ext::fused_linear_relu: with a 1-D 'weight' (in_features,), expected 'bias' to have one element, "
                 f"but got shape {list(bias.shape)}"
             )
         b = bias.reshape(1) if bias is not None else None
