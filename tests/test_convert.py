@@ -349,3 +349,28 @@ def test_generator_reaches_fusions_and_refusals():
         skipped_shared += sum("places in the model" in why or "tied" in why for why in report.skipped.values())
         skipped_called += sum("called at" in why or "also used" in why for why in report.skipped.values())
     assert fused >= 20 and skipped_shared >= 3 and skipped_called >= 3, (fused, skipped_shared, skipped_called)
+
+
+class SequentialAlsoCalledDirectly(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.seq(x)) + self.seq[0](x).sum(-1, keepdim=True)
+
+
+def test_sequential_linear_also_called_directly_is_left_alone():
+    model = SequentialAlsoCalledDirectly()
+    x = torch.randn(3, 4)
+    converted, report = convert(model, report=True)
+    assert report.fused == [] and report.skipped["seq.0"] == "it is called at 2 places in forward"
+    same_outputs(model, converted, x)
+
+
+def test_untraceable_forward_warns_about_the_sequential_assumption():
+    with pytest.warns(UserWarning, match="not traceable by torch.fx; only Linear\\+ReLU pairs inside nn.Sequential"):
+        convert(Untraceable())
+    converted, report = convert(Untraceable(), fx=False, report=True)  # the assumption stated: no warning
+    assert "fx=False" in report.notes[0] and isinstance(converted.body[0], FusedLinearReLU)

@@ -286,10 +286,10 @@ def test_revive_refuses_where_the_output_would_change(between):
     torch.manual_seed(8)
     if between == "layernorm":
         model = nn.Sequential(FusedLinearReLU(8, 16), nn.LayerNorm(16), nn.Linear(16, 3))
-        layer, name, why = model[0], "0", "a LayerNorm sits between it and the next Linear"
+        layer, name, why = model[0], "0", "its output goes to module '1' (LayerNorm)"
     elif between == "batchnorm":
         model = nn.Sequential(FusedLinearReLU(8, 16), nn.BatchNorm1d(16), nn.Linear(16, 3))
-        layer, name, why = model[0], "0", "a BatchNorm1d sits between it and the next Linear"
+        layer, name, why = model[0], "0", "its output goes to module '1' (BatchNorm1d)"
     elif between == "residual":
 
         class Res(nn.Module):
@@ -315,7 +315,7 @@ def test_revive_refuses_where_the_output_would_change(between):
                 return self.head(self.body(x) * 2)
 
         model = Wrap()
-        layer, name, why = model.body[0], "body.0", "its output leaves its nn.Sequential"
+        layer, name, why = model.body[0], "body.0", "its output goes to mul"
     _kill_units(layer, [1, 4])
     w = layer.weight.detach().clone()
     before, after, changes, warned = _revival_case(model, layer, torch.randn(32, 8))
@@ -395,3 +395,56 @@ def test_dead_stats_update_op():
     assert ema.tolist() == pytest.approx([0.775, 0.1]) and int(nbt) == 2  # then the EMA step
     with pytest.raises(RuntimeError, match="relu_ext::dead_stats_update_.*momentum"):
         ops.dead_stats_update_(ema, nbt, torch.tensor([1, 1]), 4, 1.5)
+
+
+def test_revive_follows_the_traced_forward_not_the_container():
+    """A Sequential used as a container by a custom forward: its next slot is
+    not the layer's consumer."""
+
+    class Container(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(FusedLinearReLU(16, 32), nn.Linear(32, 4))
+            self.norm = nn.LayerNorm(32)
+
+        def forward(self, x):
+            return self.seq[1](self.norm(self.seq[0](x)))
+
+    torch.manual_seed(9)
+    model = Container()
+    _kill_units(model.seq[0], [0, 1])
+    before, after, changes, warned = _revival_case(model, model.seq[0], torch.randn(64, 16))
+    assert changes["seq.0"]["skipped"] == "its output goes to module 'norm' (LayerNorm)" and torch.equal(before, after)
+
+
+def test_revive_refuses_a_next_linear_with_tied_weights():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(FusedLinearReLU(16, 32), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+            self.other = nn.Linear(32, 32)
+            self.other.weight = self.seq[1].weight
+            self.dec = nn.Linear(32, 4)
+
+        def forward(self, x):
+            return self.seq(x) + self.dec(self.other(x.repeat(1, 2)))
+
+    torch.manual_seed(10)
+    model = Tied()
+    _kill_units(model.seq[0], [3])
+    before, after, changes, warned = _revival_case(model, model.seq[0], torch.randn(64, 16))
+    assert "tied weights" in changes["seq.0"]["skipped"] and torch.equal(before, after)
+
+
+def test_revive_warns_about_an_optimizer_of_another_model():
+    model = nn.Sequential(FusedLinearReLU(4, 8), nn.Linear(8, 2))
+    other = torch.optim.Adam(nn.Linear(2, 2).parameters())
+    with pytest.warns(UserWarning, match="the optimizer holds none of the model's parameters"):
+        revive_dead_(model, other)
+
+
+def test_dormant_mask_needs_tracking():
+    layer = FusedLinearReLU(4, 3)
+    layer(torch.randn(8, 4))
+    with pytest.raises(RuntimeError, match="FusedLinearReLU.dormant_mask: the layer was built with track_dormant=False"):
+        layer.dormant_mask()

@@ -147,3 +147,14 @@ def test_vector_weight_through_compile_and_export():
     ep = torch.export.export(m, (x,))
     torch.testing.assert_close(ep.module()(x), expected)
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), expected)
+
+
+@pytest.mark.parametrize("bias_shape", [(), (1,)], ids=["0-d", "one"])
+def test_one_element_bias_broadcasts_like_f_linear(bias_shape):
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(bias_shape, dtype=torch.float64, requires_grad=True)
+    ours, eager = RF.fused_linear_relu(x, w, b), F.relu(F.linear(x, w, b))
+    torch.testing.assert_close(ours, eager)
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(eager, (x, w, b), g))

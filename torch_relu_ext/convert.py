@@ -137,11 +137,14 @@ class _Uses:
             for p in {id(p) for p in m._parameters.values() if p is not None}:
                 owners[p] += 1
         self.owners = owners
+        self.calls = None  # id(module) -> calls in the traced forward, when traceable
 
     def why_not(self, linear: nn.Linear):
         """Why this Linear must not be fused, or None."""
         if self.slots[id(linear)] > 1:
             return f"the module sits at {self.slots[id(linear)]} places in the model"
+        if self.calls is not None and self.calls[id(linear)] > 1:
+            return f"it is called at {self.calls[id(linear)]} places in forward"
         if any(self.owners[id(p)] > 1 for p in linear._parameters.values() if p is not None):
             return "its parameters are shared with another module (tied weights)"
         if _has_hooks(linear):
@@ -204,12 +207,23 @@ class _Tracer(fx.Tracer):
         return isinstance(m, (FusedLinearReLU, DeadAwarePReLU, _FusedAway)) or super().is_leaf_module(m, qualname)
 
 
-def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
+def _trace(model: nn.Module):
+    """(GraphModule over the same module objects, None), or (None, why not)."""
     try:
         graph = _Tracer().trace(model)
-        gm = fx.GraphModule(model, graph, model.__class__.__name__)
+        return fx.GraphModule(model, graph, model.__class__.__name__), None
     except Exception as e:
-        report.notes.append(f"forward not traceable by torch.fx ({type(e).__name__}: {str(e)[:120]}); Sequentials only")
+        return None, f"{type(e).__name__}: {str(e)[:120]}"
+
+
+def _call_counts(gm: fx.GraphModule) -> Counter:
+    modules = dict(gm.named_modules())
+    return Counter(id(modules[n.target]) for n in gm.graph.nodes if n.op == "call_module")
+
+
+def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
+    gm, _ = _trace(model)
+    if gm is None:
         return model, False
     modules = dict(gm.named_modules())
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
@@ -250,7 +264,9 @@ def _check_module(fn: str, model) -> None:
 
 def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: object = "auto", inplace: bool = False):
     """Returns the converted model; with ``report=True``, ``(model, ConversionReport)``.
-    See the module docstring for what is converted.
+    See the module docstring for what is converted. Always use the returned
+    model: with ``inplace=True`` the modules are converted in place, but a
+    model converted through torch.fx comes back as a new GraphModule.
 
     Example::
 
@@ -267,10 +283,28 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
     model = model if inplace else copy.deepcopy(model)
     rep = ConversionReport()
     uses = _Uses(model)
+    traceable = False
+    if fx is True or fx == "auto":
+        # Traced first: a Sequential's Linear that forward also calls directly
+        # must not take the Sequential's ReLU.
+        gm, why = _trace(model)
+        traceable = gm is not None
+        if traceable:
+            uses.calls = _call_counts(gm)
+        else:
+            rep.notes.append(f"forward not traceable by torch.fx ({why})")
+            warnings.warn(
+                f"convert: the forward of {type(model).__name__} is not traceable by torch.fx; only Linear+ReLU "
+                "pairs inside nn.Sequential are converted, assuming forward calls their Linear only through the "
+                "Sequential (fx=False states that assumption and silences this warning)",
+                stacklevel=2,
+            )
+    else:
+        rep.notes.append("fx=False: only nn.Sequential chains searched, their Linears assumed called only through the Sequential")
     _convert_sequentials(model, uses, rep)
     if prelu:
         _convert_prelus(model, rep)
-    if fx is True or fx == "auto":
+    if traceable:
         converted, changed = _convert_fx(model, uses, rep)
         if changed:
             model = converted

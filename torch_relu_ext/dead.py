@@ -102,33 +102,19 @@ def _linear_like(m: nn.Module) -> bool:
 _PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
-def _flat_sequence(seq: nn.Sequential) -> List[nn.Module]:
-    """The chain of modules a plain nn.Sequential runs, nested ones flattened."""
-    out = []
-    for m in seq._modules.values():
-        if m is None:
-            continue
-        if type(m) is nn.Sequential:
-            out.extend(_flat_sequence(m))
-        else:
-            out.append(m)
-    return out
-
-
-def _next_in_chain(chain: List[nn.Module], i: int):
-    """(next Linear, None) when chain[i]'s output reaches a Linear only
-    through pass-through modules, else (None, reason)."""
-    for m in chain[i + 1 :]:
-        if isinstance(m, _PASS_THROUGH):
-            continue
-        if _linear_like(m):
-            return m, None
-        return None, f"a {type(m).__name__} sits between it and the next Linear"
-    return None, "its output leaves its nn.Sequential"
+def _describe(node, modules) -> str:
+    if node.op == "call_module":
+        return f"module '{node.target}' ({type(modules[node.target]).__name__})"
+    if node.op == "output":
+        return "the model's output"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}()"
+    return getattr(node.target, "__name__", str(node.target))
 
 
 def _next_in_graph(gm, layer: nn.Module, modules: Dict[str, nn.Module]):
-    """The same question in a torch.fx GraphModule (e.g. from convert())."""
+    """(next Linear, None) when layer's output reaches one Linear only through
+    pass-through modules in the traced forward, else (None, reason)."""
     nodes = [n for n in gm.graph.nodes if n.op == "call_module" and modules.get(n.target) is layer]
     if len(nodes) != 1:
         return None, f"it is called at {len(nodes)} places in forward"
@@ -144,33 +130,63 @@ def _next_in_graph(gm, layer: nn.Module, modules: Dict[str, nn.Module]):
             continue
         if mod is not None and _linear_like(mod) and user.args[:1] == (node,):
             return mod, None
-        return None, f"its output goes to {user.format_node()}"
+        if mod is not None and _linear_like(mod):
+            return None, f"its output reaches {_describe(user, modules)} other than as its input"
+        return None, f"its output goes to {_describe(user, modules)}"
+
+
+def _graphs(model: nn.Module, name: str, out: list, untraced: list) -> None:
+    """Traced forwards covering the model: its own, or (when torch.fx cannot
+    trace it) those of its submodules, recursively."""
+    import torch.fx as fx
+
+    from .convert import _trace
+
+    gm = model if isinstance(model, fx.GraphModule) else _trace(model)[0]
+    if gm is not None:
+        out.append((name, gm))
+        return
+    if list(model.children()):
+        untraced.append(name or type(model).__name__)
+    for child_name, child in model.named_children():
+        _graphs(child, f"{name}.{child_name}" if name else child_name, out, untraced)
 
 
 def _next_layers(model: nn.Module, pairs) -> Dict[nn.Module, Tuple[Optional[nn.Module], Optional[str]]]:
-    """For each FusedLinearReLU: the one Linear its output feeds, when that is
-    known from the model's structure (or from pairs), with a reason when not."""
-    import torch.fx as fx
-
-    slots = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    """For each FusedLinearReLU: the one Linear its output feeds in the traced
+    forward (or pairs), with a reason when that is not established."""
+    layers = [m for m in model.modules() if isinstance(m, FusedLinearReLU)]
+    graphs, untraced = [], []
+    _graphs(model, "", graphs, untraced)
+    if untraced and layers and (pairs is None or any(m not in pairs for m in layers)):
+        warnings.warn(
+            f"revive_dead_: torch.fx cannot trace the forward of {', '.join(untraced)}; the next Linear of each "
+            "layer is taken from the traceable submodules ("
+            + ", ".join(n or "(root)" for n, _ in graphs)
+            + "), assuming those are called only as a whole",
+            stacklevel=4,
+        )
     found: Dict[nn.Module, Tuple[Optional[nn.Module], Optional[str]]] = {}
-    for seq in model.modules():
-        if type(seq) is nn.Sequential:
-            chain = _flat_sequence(seq)
-            for i, c in enumerate(chain):
-                if isinstance(c, FusedLinearReLU) and found.get(c, (None, None))[0] is None:
-                    found[c] = _next_in_chain(chain, i)
-    if isinstance(model, fx.GraphModule):
-        modules = dict(model.named_modules())
-        for m in modules.values():
-            if isinstance(m, FusedLinearReLU) and found.get(m, (None, None))[0] is None:
-                found[m] = _next_in_graph(model, m, modules)
+    for gname, gm in graphs:
+        modules = dict(gm.named_modules())
+        for m in layers:
+            if m not in found and any(v is m for v in modules.values()):
+                nxt, why = _next_in_graph(gm, m, modules)
+                if nxt is None and why == "its output goes to the model's output" and gname:
+                    why = f"its output leaves '{gname}'"
+                found[m] = (nxt, why)
+    slots = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    owners = Counter(id(p) for m in model.modules() for p in {p for p in m._parameters.values() if p is not None})
     for m, (nxt, _) in list(found.items()):
-        if nxt is not None and (slots[id(m)] > 1 or slots[id(nxt)] > 1):
+        if nxt is None:
+            continue
+        if slots[id(m)] > 1 or slots[id(nxt)] > 1:
             found[m] = (None, "it or the next Linear sits at several places in the model")
-    for m in model.modules():
-        if isinstance(m, FusedLinearReLU) and m not in found:
-            found[m] = (None, "it is not in an nn.Sequential or a torch.fx GraphModule (pass pairs=)")
+        elif any(owners[id(p)] > 1 for mod in (m, nxt) for p in mod._parameters.values() if p is not None):
+            found[m] = (None, "it or the next Linear shares parameters with another module (tied weights)")
+    for m in layers:
+        if m not in found:
+            found[m] = (None, "torch.fx cannot trace the forward that calls it")
     if pairs is not None:
         found.update({k: (v, None) for k, v in pairs.items()})
     return found
@@ -212,12 +228,15 @@ def revive_dead_(
         max_exp_avg_sq; SGD momentum) of exactly those rows and columns. The
         step count is per tensor, shared by the live units, and is left alone;
       - resets the layer's statistics (reset_dead_stats).
-    The next Linear must be known: the following module of the same
-    nn.Sequential (nested ones flattened; Dropout and Identity in between are
-    fine), the one consumer in a torch.fx GraphModule (what convert() returns),
-    or ``pairs[layer]``. A layer whose output goes anywhere else (a LayerNorm
-    or BatchNorm, a residual add, a module used twice) is not revived, and a
-    warning names it and says why: reviving it would change the output.
+    The next Linear must be known: the one consumer of the layer's output in
+    the forward as torch.fx traces it (Dropout and Identity in between are
+    fine; when the model's own forward cannot be traced, its traceable
+    submodules' forwards, with a warning that they are assumed to be called
+    only as a whole), or ``pairs[layer]``. A layer whose output goes anywhere else (a
+    LayerNorm or BatchNorm, a residual add, two consumers), or where the layer
+    or the next Linear is used twice or shares (ties) parameters, is not
+    revived, and a warning names it and says why: reviving it would change the
+    output.
     ``pairs[layer] = None`` revives such a layer anyway, its incoming weights
     only (the output then changes).
 
@@ -235,6 +254,14 @@ def revive_dead_(
     linears = [m for m in model.modules() if _linear_like(m)]
     output_layer = linears[-1] if linears else None
     next_of = _next_layers(model, pairs)
+    if optimizer is not None:
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        if not any(id(p) in held for p in model.parameters()):
+            warnings.warn(
+                "revive_dead_: the optimizer holds none of the model's parameters (after convert(), which returns "
+                "a copy, build the optimizer from the converted model); its moments are left alone",
+                stacklevel=3,
+            )
     explicit = set(pairs) if pairs is not None else set()
     prelu_changed: List[str] = []
 

@@ -100,6 +100,11 @@ class _DeadStats(nn.Module):
 
     def dormant_mask(self, tau: float = 0.025) -> Tensor:
         """ReDo's tau-dormant units (needs track_dormant=True while training)."""
+        if not self.track_dormant:
+            raise RuntimeError(
+                f"{type(self).__name__}.dormant_mask: the layer was built with track_dormant=False, so it has no "
+                "activation magnitudes to score; build it with track_dormant=True"
+            )
         score = self.abs_mean_ema / (self.abs_mean_ema.mean() + 1e-9)
         return (score <= tau) & (self.num_batches_tracked > 0)
 
