@@ -34,10 +34,9 @@ def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = No
             )
         b = bias.reshape(1) if bias is not None else None
         return torch.ops.relu_ext.fused_linear_relu(input, weight.unsqueeze(0), b).squeeze(-1)
-    if bias is not None and bias.dim() != 1 and bias.numel() == 1:
-        bias = bias.reshape(1)  # F.linear broadcasts a one-element bias
-    if bias is not None and bias.shape[0] == 1 and weight.shape[0] != 1:
-        bias = bias.expand(weight.shape[0]).contiguous()
+    if bias is not None and bias.dim() <= 1 and bias.numel() == 1 and weight.dim() == 2:
+        # F.linear broadcasts a one-element bias over the outputs.
+        bias = bias.reshape(1).expand(weight.shape[0]).contiguous()
     return torch.ops.relu_ext.fused_linear_relu(input, weight, bias)
 
 
