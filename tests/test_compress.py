@@ -139,12 +139,14 @@ def test_double_backward_bitwise():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_3d_input_and_reference(dtype):
-    # (*, in) inputs: nn.Linear saves a reshaped view, which is kept as usual.
+    # (*, in) inputs: nn.Linear saves a flattening reshape (a whole view) of
+    # the output, packed through its base.
     model = mlp(dtype)
     x = torch.randn(3, 7, 24).to(dtype)
     ctx = compress_relu_activations()
     for a, b in zip(run(model, x), run(model, x, ctx)):
         assert_bitwise(a, b)
+    assert ctx.stats["compressed"] == 3 and ctx.stats["rebuilt"] == 3
     # and the values are the float64 eager reference's
     ref = nn.Sequential(
         nn.Linear(24, 40),
@@ -215,6 +217,46 @@ def test_nan_inf_outputs():
 
 
 # ------------------------------------------------------ in-place safety
+
+
+@pytest.mark.parametrize(
+    "view",
+    [lambda h: h[1:], lambda h: h.t(), lambda h: h[:, :6], lambda h: h.view(-1)[6:-6]],
+    ids=["rows", "transpose", "columns", "offset"],
+)
+def test_partial_views_saved_as_usual(view):
+    x = torch.randn(16, 8)
+    w = torch.randn(12, 8, requires_grad=True)
+    w2 = torch.randn(6, 6, requires_grad=True)
+
+    def f():
+        v = view(fused_linear_relu(x, w))
+        return (v.reshape(-1, 6) @ w2).square().sum()
+
+    ref = torch.autograd.grad(f(), [w, w2])
+    ctx = compress_relu_activations()
+    with ctx:
+        loss = f()
+    for a, b in zip(ref, torch.autograd.grad(loss, [w, w2])):
+        assert_bitwise(a, b)
+    assert ctx.stats["compressed"] == 0
+
+
+def test_dtype_change_saved_as_usual():
+    x = torch.randn(16, 8)
+    w = torch.randn(12, 8, requires_grad=True)
+    w2 = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+
+    def f():
+        return (fused_linear_relu(x, w).double() @ w2.t()).square().sum()
+
+    ref = torch.autograd.grad(f(), [w, w2])
+    ctx = compress_relu_activations()
+    with ctx:
+        loss = f()
+    for a, b in zip(ref, torch.autograd.grad(loss, [w, w2])):
+        assert_bitwise(a, b)
+    assert ctx.stats["compressed"] == 0
 
 
 def test_inplace_before_save_falls_back():
@@ -400,3 +442,19 @@ def test_composite_kernels_match_cpu(dtype, n):
     assert torch.equal(bits, cbits)
     assert_bitwise(values, cvalues)
     assert_bitwise(torch.ops.relu_ext.relu_unpack.default._op_dk(composite, bits, values, [n]), t)
+
+
+def test_inplace_after_save_raises_for_whole_view():
+    # nn.Linear on a 3-D input saves a reshape of the output: still checked.
+    x = torch.randn(2, 8, 8)
+    w = torch.randn(12, 8, requires_grad=True)
+    lin = nn.Linear(12, 4)
+    ctx = compress_relu_activations()
+    with ctx:
+        h = fused_linear_relu(x, w)
+        loss = lin(h).sum()
+    assert ctx.stats["compressed"] == 1
+    with torch.no_grad():
+        h.mul_(2)
+    with pytest.raises(RuntimeError, match="compress_relu_activations: .*modified by an inplace operation"):
+        loss.backward()

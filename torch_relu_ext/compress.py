@@ -30,6 +30,16 @@ class _Packed:
         return self.bits.nbytes + self.values.nbytes
 
 
+class _ViewOf:
+    """A saved full-size contiguous view (e.g. nn.Linear's flattening
+    reshape of a (*, features) input) of a packed ReLU output."""
+
+    __slots__ = ("packed", "shape")
+
+    def __init__(self, packed: _Packed, shape: torch.Size) -> None:
+        self.packed, self.shape = packed, shape
+
+
 class _Outer:
     """What an enclosing saved_tensors_hooks pair packed, with its unpack."""
 
@@ -43,8 +53,8 @@ def _is_relu_output(t: Tensor) -> bool:
     # Only a tensor exactly as our operator returned it: never modified in
     # place (version 0, and a modification under grad would also have replaced
     # grad_fn), not a view, contiguous, a plain CPU tensor of a float dtype.
-    # Anything else (views, casts, CUDA, subclasses, functorch wrappers) is
-    # saved as usual.
+    # Anything else (casts, CUDA, subclasses, functorch wrappers, views other
+    # than whole reshapes: see _whole_view_base) is saved as usual.
     fn = t.grad_fn
     return (
         fn is not None
@@ -58,6 +68,23 @@ def _is_relu_output(t: Tensor) -> bool:
         and t.is_contiguous()
         and not torch._C._functorch.is_functorch_wrapped_tensor(t)
     )
+
+
+def _whole_view_base(t: Tensor) -> Optional[Tensor]:
+    """The base of t if t is a view of all of it, element for element (same
+    storage offset, dtype and size, both contiguous): a reshape, not a slice,
+    a transpose or a reinterpretation."""
+    base = t._base
+    if (
+        base is None
+        or type(t) is not Tensor
+        or t.dtype != base.dtype
+        or t.numel() != base.numel()
+        or t.storage_offset() != base.storage_offset()
+        or not t.is_contiguous()
+    ):
+        return None
+    return base
 
 
 class compress_relu_activations(torch.autograd.graph.saved_tensors_hooks):
@@ -104,27 +131,42 @@ class compress_relu_activations(torch.autograd.graph.saved_tensors_hooks):
         self._cache.clear()
 
     def _pack(self, t: Tensor) -> Any:
-        if _is_relu_output(t):
-            hit = self._cache.get(id(t))
-            if hit is not None and hit[0]() is t:
-                packed = hit[1]()
-                if packed is not None and packed.version == t._version:
-                    return packed
-            bits, values = torch.ops.relu_ext.relu_pack(t.detach())
-            if bits.nbytes + values.nbytes < t.nbytes:
-                packed = _Packed(bits, values, t)
-                self.stats["compressed"] += 1
-                self.stats["dense_bytes"] += t.nbytes
-                self.stats["packed_bytes"] += packed.nbytes()
-                key = id(t)
-                forget = lambda _, key=key, cache=self._cache: cache.pop(key, None)  # noqa: E731
-                self._cache[key] = (weakref.ref(t, forget), weakref.ref(packed))
+        if t._is_view():
+            base = _whole_view_base(t)
+            if base is not None and _is_relu_output(base):
+                packed = self._pack_output(base)
+                if isinstance(packed, _Packed):
+                    return _ViewOf(packed, t.shape)
+        elif _is_relu_output(t):
+            packed = self._pack_output(t)
+            if packed is not None:
                 return packed
         if self._outer is not None:
             return _Outer(self._outer[0](t), self._outer[1])
         return t
 
+    def _pack_output(self, t: Tensor) -> Optional[_Packed]:
+        """t packed (one copy per tensor), or None where packing does not pay."""
+        hit = self._cache.get(id(t))
+        if hit is not None and hit[0]() is t:
+            packed = hit[1]()
+            if packed is not None and packed.version == t._version:
+                return packed
+        bits, values = torch.ops.relu_ext.relu_pack(t.detach())
+        if bits.nbytes + values.nbytes < t.nbytes:
+            packed = _Packed(bits, values, t)
+            self.stats["compressed"] += 1
+            self.stats["dense_bytes"] += t.nbytes
+            self.stats["packed_bytes"] += packed.nbytes()
+            key = id(t)
+            forget = lambda _, key=key, cache=self._cache: cache.pop(key, None)  # noqa: E731
+            self._cache[key] = (weakref.ref(t, forget), weakref.ref(packed))
+            return packed
+        return None
+
     def _unpack(self, obj: Any) -> Tensor:
+        if isinstance(obj, _ViewOf):
+            return self._unpack(obj.packed).view(obj.shape)
         if isinstance(obj, _Packed):
             dense = obj.source()
             if dense is not None:
