@@ -29,6 +29,11 @@ TORCH_LIBRARY(relu_ext, m) {
   m.def(
       "dead_stats_update_(Tensor(a!) ema, Tensor(b!) num_batches_tracked, Tensor counts, "
       "SymInt elements, float momentum) -> ()");
+  // Lossless compressed storage of a mostly-zero tensor: 1 bit per element
+  // (bit pattern != 0, element i in byte i/8, bit i%8) plus the non-zero
+  // elements in order. relu_unpack(relu_pack(t), t.shape) is bitwise t.
+  m.def("relu_pack(Tensor self) -> (Tensor bits, Tensor values)");
+  m.def("relu_unpack(Tensor bits, Tensor values, SymInt[] size) -> Tensor");
   m.def(
       "dead_prelu(Tensor input, Tensor weight) "
       "-> (Tensor output, Tensor active_count)");

@@ -68,6 +68,30 @@ def activation_bytes(model, x):
     return saved_tensor_bytes(lambda: model(x).sum(), model.parameters())
 
 
+def compressed_activation_bytes(model, x):
+    """activation_bytes under compress_relu_activations(): what it stores for
+    the ReLU outputs it compressed (bits + non-zero values) plus the rest."""
+    ctx = torch_relu_ext.compress_relu_activations()
+
+    def forward():
+        with ctx:
+            return model(x).sum()
+
+    return saved_tensor_bytes(forward, model.parameters()) + ctx.stats["packed_bytes"]
+
+
+def without_dropout(model, fn):
+    """fn() with every Dropout of model at p=0 (it then passes its input on)."""
+    drops = [(m, m.p) for m in model.modules() if isinstance(m, nn.Dropout)]
+    for m, _ in drops:
+        m.p = 0.0
+    try:
+        return fn()
+    finally:
+        for m, p in drops:
+            m.p = p
+
+
 def train(model, x, y, epochs, batch, lr, seed):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -159,6 +183,15 @@ def main():
     mem_eager = activation_bytes(eager, xb)
     torch.manual_seed(args.seed)
     mem_fused = activation_bytes(fused, xb)
+    torch.manual_seed(args.seed)
+    mem_comp = compressed_activation_bytes(fused, xb)
+    # Without dropout the next Linear keeps the ReLU output itself: what
+    # compress_relu_activations() is for (measured on the trained weights).
+    nodrop = [
+        without_dropout(eager, lambda: activation_bytes(eager, xb)),
+        without_dropout(fused, lambda: activation_bytes(fused, xb)),
+        without_dropout(fused, lambda: compressed_activation_bytes(fused, xb)),
+    ]
 
     print()
     print(f"{'':28}{'eager':>12}{'torch-relu-ext':>16}")
@@ -167,6 +200,16 @@ def main():
     print(f"{'speed ratio (eager/ours)':28}{'':>12}{t_eager / t_fused:>15.2f}x")
     print(f"{'activation bytes / batch':28}{mem_eager:>12,}{mem_fused:>16,}")
     print(f"{'activation memory ratio':28}{'':>12}{mem_eager / mem_fused:>15.2f}x")
+    print()
+    print("activation bytes kept for backward, one batch:")
+    print(f"  {'':26}{'eager':>12}{'ours':>12}{'ours, compressed':>18}")
+    print(f"  {f'dropout {args.dropout} (as trained)':26}{mem_eager:>12,}{mem_fused:>12,}{mem_comp:>18,}")
+    print(f"  {'no dropout':26}{nodrop[0]:>12,}{nodrop[1]:>12,}{nodrop[2]:>18,}")
+    print(
+        "  (compressed = under torch_relu_ext.compress_relu_activations(), which stores ReLU outputs that\n"
+        "   a later layer keeps as 1 bit per element + the non-zeros; after a dropout the next layer\n"
+        "   keeps the dropout output instead, so only the no-dropout row can shrink)"
+    )
     print()
     print("dead units (never active on the training set), per activation layer:")
     for (name_e, units, dead_e), (name_f, _, dead_f) in zip(dead_units(eager, x_tr), dead_units(fused, x_tr)):

@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 from helpers import cpu_and_cuda, operators
 from models import Net, grads_of
 
@@ -119,6 +120,10 @@ def opcheck_samples(device="cpu"):
     out, mask = ops.fused_linear_relu_forward(torch.randn(5, 4, device=device), torch.randn(3, 4, device=device), None)
     samples.append((ops.relu_mask_unpack.default, (mask, [5, 3])))
     samples.append((ops.relu_mask_count.default, (mask, out)))
+    for dtype in (torch.float32, torch.bfloat16):
+        sparse = F.relu(torch.randn(6, 5, device=device)).to(dtype)
+        samples.append((ops.relu_pack.default, (sparse,)))
+        samples.append((ops.relu_unpack.default, (*ops.relu_pack(sparse), [6, 5])))
     return samples
 
 

@@ -16,6 +16,7 @@ from . import (
 )
 from . import onnx as _onnx
 from ._version import __version__
+from .compress import compress_relu_activations
 from .convert import ConversionReport, convert, revert
 from .dead import DeadNeuronReport, dead_neuron_report, revive_dead_, sync_dead_stats
 from .functional import dead_prelu, fused_linear_relu
@@ -40,4 +41,5 @@ __all__ = [
     "convert",
     "revert",
     "ConversionReport",
+    "compress_relu_activations",
 ]

@@ -101,6 +101,18 @@ def _relu_mask_unpack_fake(mask, size):
     return mask.new_empty(size, dtype=torch.bool)
 
 
+@_lib.register_fake("relu_ext::relu_pack")
+def _relu_pack_fake(self):
+    # The number of non-zero elements is data-dependent.
+    nonzero = torch.library.get_ctx().new_dynamic_size()
+    return self.new_empty(((self.numel() + 7) // 8,), dtype=torch.uint8), self.new_empty((nonzero,))
+
+
+@_lib.register_fake("relu_ext::relu_unpack")
+def _relu_unpack_fake(bits, values, size):
+    return values.new_empty(size)
+
+
 @_lib.register_fake("relu_ext::relu_mask_count")
 def _relu_mask_count_fake(mask, output):
     out_features = output.shape[-1] if output.dim() > 0 else 1
