@@ -40,6 +40,7 @@ def build_cuda():
 SOURCES = (
     rel("csrc/ops.cpp")
     + rel("csrc/cpu/*.cpp")
+    + rel("csrc/cpu/gemm/*.cpp")
     + rel("csrc/autograd/*.cpp")
     + rel("csrc/autocast/*.cpp")
     + rel("csrc/composite/*.cpp")

@@ -16,7 +16,7 @@ def test_info_command_runs_and_self_checks():
     out = proc.stdout
     assert "torch-relu-ext 0.1.0" in out
     assert "self-check cpu: OK" in out
-    assert f"CPU float32 matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
+    assert f"CPU matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
     row = next(line for line in out.splitlines() if line.startswith("fused_linear_relu ")).split()
     assert row[1] == "yes" and row[3] == "yes"  # CPU and Autograd kernels
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")
