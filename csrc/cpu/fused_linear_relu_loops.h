@@ -102,6 +102,40 @@ RELU_EXT_CPU_TARGET void positive_mask_block(const T* out, int64_t n, uint8_t* m
   }
 }
 
+// ReLU (y < 0 ? 0 : y, NaN and -0.0 kept) of n contiguous elements from `in`
+// into `out` (may be `in`), and, when mask is not null, their mask bits
+// (y not <= 0: positive or NaN; `in` starts on a mask byte). On the bit
+// patterns, which vectorizes for every T (no conversion of 16-bit types).
+template <typename T, bool kWithMask>
+RELU_EXT_CPU_TARGET void relu_bits_block(const T* in, T* out, int64_t n, uint8_t* mask) {
+  using U = typename UIntOfSize<sizeof(T)>::type;
+  using S = std::make_signed_t<U>;
+  constexpr U kAbs = static_cast<U>(std::numeric_limits<U>::max() >> 1);
+  const T inf = std::numeric_limits<T>::infinity();
+  U inf_bits;
+  std::memcpy(&inf_bits, &inf, sizeof(T));
+  alignas(64) uint8_t flags[kMaskChunk + 8];
+  for (int64_t e0 = 0; e0 < n; e0 += kMaskChunk) {
+    const int64_t len = std::min(kMaskChunk, n - e0);
+    for (int64_t j = 0; j < len; ++j) {
+      U bits;
+      std::memcpy(&bits, in + e0 + j, sizeof(T));
+      const U mag = bits & kAbs;
+      const bool nan = mag > inf_bits;
+      const bool negative = static_cast<S>(bits) < 0 && mag != 0 && !nan;
+      if (kWithMask) flags[j] = static_cast<uint8_t>(static_cast<S>(bits) > 0 || nan);
+      const U o = negative ? U(0) : bits;
+      std::memcpy(out + e0 + j, &o, sizeof(T));
+    }
+    if (kWithMask) {
+      const int64_t nbytes = (len + 7) / 8;
+      for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
+      uint8_t* m = mask + e0 / 8;
+      for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+    }
+  }
+}
+
 // Largest |v| of n elements, or +Inf when any is NaN or infinite. On the bit
 // patterns: without the sign bit they order as the magnitudes do, and the
 // all-ones exponent (Inf, NaN) is at the top.

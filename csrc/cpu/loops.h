@@ -25,6 +25,9 @@ struct Loops {
                     uint8_t* unused);
   void (*bias_relu_mask)(const T* in, T* out, const T* bias, int64_t rows, int64_t cols,
                          uint8_t* mask);
+  // ReLU without bias (and mask bits) of n contiguous elements, on their bits.
+  void (*relu)(const T* in, T* out, int64_t n, uint8_t* unused);
+  void (*relu_mask)(const T* in, T* out, int64_t n, uint8_t* mask);
   // Mask bits (out > 0) of n elements of a NaN-free ReLU output.
   void (*positive_mask)(const T* out, int64_t n, uint8_t* mask);
   // Largest |v| of n elements; +Inf if any is NaN or infinite.

@@ -30,6 +30,8 @@ constexpr Loops<T> make_loops() {
   using Acc = acc_t<T>;
   return {&bias_relu_mask_block<T, Acc, false>,
           &bias_relu_mask_block<T, Acc, true>,
+          &relu_bits_block<T, false>,
+          &relu_bits_block<T, true>,
           &positive_mask_block<T>,
           &max_abs_block<T>,
           &mask_grad_block<T, double>,

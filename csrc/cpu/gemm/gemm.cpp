@@ -311,14 +311,19 @@ void relu_pass(const Tensor& in, const Tensor& out, const Tensor& bias, uint8_t*
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "relu_pass", [&] {
     const Loops<scalar_t>& lt = loops().get<scalar_t>();
     const auto fn = mask != nullptr ? lt.bias_relu_mask : lt.bias_relu;
+    const auto fn_bits = mask != nullptr ? lt.relu_mask : lt.relu;
     const scalar_t* in_p = in.data_ptr<scalar_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
     const scalar_t* bias_p = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * n));
     at::parallel_for(0, (rows + 7) / 8, grain, [&](int64_t g0, int64_t g1) {
       const int64_t s0 = g0 * 8, s1 = std::min(rows, g1 * 8);
-      fn(in_p + s0 * n, out_p + s0 * n, bias_p, s1 - s0, n,
-         mask != nullptr ? mask + ((r0 + s0) * n) / 8 : nullptr);
+      uint8_t* m = mask != nullptr ? mask + ((r0 + s0) * n) / 8 : nullptr;
+      if (bias_p != nullptr) {
+        fn(in_p + s0 * n, out_p + s0 * n, bias_p, s1 - s0, n, m);
+      } else {
+        fn_bits(in_p + s0 * n, out_p + s0 * n, (s1 - s0) * n, m);
+      }
     });
   });
 }
