@@ -11,12 +11,13 @@ Per shape (rows x in x out) and dtype, median microseconds of
   dnn-bare  oneDNN's linear with bias, no ReLU: the bare product
   addmm     torch.addmm (ATen's BLAS)
 and the backend the auto setting picks. Competitors are interleaved (one call
-each per round, rotating order), inputs rotate over 3 sets, glibc malloc is
+each per round, shuffled order), inputs rotate over 3 sets, glibc malloc is
 pinned as in benchmarks/run.py.
 """
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -47,7 +48,9 @@ def bench(fns, budget, min_reps=7, max_reps=2000):
     items = list(fns.items())
     t0, i = time.perf_counter(), 0
     while i < min_reps or (time.perf_counter() - t0 < budget * len(fns) and i < max_reps):
-        for name, f in items[i % len(items) :] + items[: i % len(items)]:
+        order = list(items)
+        random.Random(i).shuffle(order)
+        for name, f in order:
             s = time.perf_counter()
             f()
             times[name].append(time.perf_counter() - s)

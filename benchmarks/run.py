@@ -23,7 +23,7 @@ plus the activation bytes kept for backward (saved_tensors_hooks).
 Method: fixed thread count (recorded), warm-up, then rounds until a time
 budget, each round calling every competitor once (interleaved, so a slow
 spell of the machine hits all alike); median and inter-quartile range; each
-round (in an order that rotates) takes the next of 3
+round (in a shuffled order) takes the next of 3
 input sets so caches do not flatter anyone; glibc malloc pinned at its steady
 state (see MALLOC_ENV) so that page faults do not depend on history. On CUDA (when visible and
 --device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
@@ -36,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -97,7 +98,7 @@ class Timer:
         The competitors are interleaved, one call each per round, so that a
         slow spell of this shared machine hits all of them alike instead of
         whichever was being timed (ratios of blocks timed one after the other
-        moved by up to 2x between runs). The order rotates every round: a
+        moved by up to 2x between runs). The order changes every round: a
         call that follows a memory-hungry competitor pays for its evictions
         (measured: dead_prelu at 1.2x a clone's time when it ran right after
         eager, 0.96x when the clone did)."""
@@ -109,8 +110,11 @@ class Timer:
         budget = self.budget * len(competitors)
         start_all, i = time.perf_counter(), 0
         while i < self.min_reps or (time.perf_counter() - start_all < budget and i < self.max_reps):
+            # A fresh order every round: a cyclic rotation kept each
+            # competitor behind the same predecessor (measured: ours 1.5x
+            # slower when it always ran right after a frozen Inductor module).
             order = list(competitors.items())
-            order = order[i % len(order) :] + order[: i % len(order)]
+            random.Random(i).shuffle(order)
             for name, (fn, inputs) in order:
                 times[name].append(self.once(fn, inputs[i % len(inputs)]))
             i += 1

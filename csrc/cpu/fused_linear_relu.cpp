@@ -9,9 +9,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
