@@ -3,11 +3,17 @@ measured in one process and one run.
 
     python -m benchmarks.run [--quick] [--threads N] [--out DIR]   (or: bash dev.sh bench --quick)
 
-fused_linear_relu, forward and forward+backward, against
+fused_linear_relu, forward (inference: no mask; and ours with the mask, as
+training runs it) and forward+backward, in float32 and bfloat16, against
   eager    F.relu(F.linear(x, w, b))
-  compile  torch.compile of the same eager function (default mode)
-  autotune the same under mode="max-autotune-no-cudagraphs"
-  floor    torch.addmm(b, x, w.T): the GEMM the fused op contains (forward)
+  onednn   oneDNN's fused linear+ReLU, torch.ops.mkldnn._linear_pointwise
+           (what Inductor's CPU freezing path and IPEX call; forward)
+  freeze   torch.compile of an nn.Linear+ReLU module with
+           torch._inductor.config.freezing (inference; forward, CPU)
+  compile  torch.compile of the eager function (default mode)
+  autotune the same under mode="max-autotune-no-cudagraphs" (--autotune)
+  floor    torch.addmm(b, x, w.T): ATen's product with bias (forward)
+  bare     oneDNN's linear with bias and no ReLU: the library's bare product
 dead_prelu (output + per-channel active counts), forward and backward, against
   eager    F.prelu(x, w) plus (x > 0).sum(non-channel dims), the naive way
   compile  torch.compile of that
@@ -17,7 +23,7 @@ plus the activation bytes kept for backward (saved_tensors_hooks).
 Method: fixed thread count (recorded), warm-up, then rounds until a time
 budget, each round calling every competitor once (interleaved, so a slow
 spell of the machine hits all alike); median and inter-quartile range; each
-round (in an order that rotates) takes the next of 3
+round (in a shuffled order) takes the next of 3
 input sets so caches do not flatter anyone; glibc malloc pinned at its steady
 state (see MALLOC_ENV) so that page faults do not depend on history. On CUDA (when visible and
 --device cuda) timing uses CUDA events. Results: a markdown table, CSV, JSON
@@ -30,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -63,7 +70,12 @@ LINEAR_FULL = [  # (batch, in_features, out_features)
     (2048, 4096, 4096),
     (512, 4096, 64),
 ]
-LINEAR_QUICK = [(256, 1024, 1024), (2048, 64, 4096), (8192, 128, 1024)]
+# Serving batches, and the recommender MLPs of DLRM (bottom 13-512-256-64,
+# top 479-1024-1024-512-256) at training batch 2048 and serving batch 16.
+LINEAR_SERVING = [(1, 1024, 1024), (4, 1024, 1024), (16, 1024, 1024)]
+DLRM_LAYERS = [(13, 512), (512, 256), (256, 64), (479, 1024), (1024, 1024), (1024, 512)]
+LINEAR_DLRM = [(b, i, o) for b in (2048, 16) for i, o in DLRM_LAYERS]
+LINEAR_QUICK = [(256, 1024, 1024), (2048, 64, 4096), (8192, 128, 1024), (4, 1024, 1024), (2048, 13, 512)]
 PRELU_FULL = [  # (shape, channels_last)
     ((8192, 1024), False),
     ((64, 256), False),
@@ -81,7 +93,7 @@ class Timer:
     def group(self, competitors):
         """{name: (fn, inputs)} -> {name: (median ms, IQR ms, repetitions)}.
         Competitors are interleaved, one call each per round, so a slow spell
-        of the machine hits all alike; the order rotates every round, so no
+        of the machine hits all alike; the order is shuffled every round, so no
         one always pays for the cache evictions of a memory-hungry
         predecessor (docs/performance.md)."""
         for fn, inputs in competitors.values():
@@ -92,8 +104,11 @@ class Timer:
         budget = self.budget * len(competitors)
         start_all, i = time.perf_counter(), 0
         while i < self.min_reps or (time.perf_counter() - start_all < budget and i < self.max_reps):
+            # A fresh order every round: a cyclic rotation kept each
+            # competitor behind the same predecessor (measured: ours 1.5x
+            # slower when it always ran right after a frozen Inductor module).
             order = list(competitors.items())
-            order = order[i % len(order) :] + order[: i % len(order)]
+            random.Random(i).shuffle(order)
             for name, (fn, inputs) in order:
                 times[name].append(self.once(fn, inputs[i % len(inputs)]))
             i += 1
@@ -157,17 +172,29 @@ def ours_linear(x, w, b):
     return ops.fused_linear_relu(x, w, b)
 
 
-def bench_linear(shapes, timer, device, dtype, progress, use_compile):
+def frozen_module(w, b):
+    """torch.compile of Linear+ReLU with Inductor's freezing (weights folded
+    as constants; on CPU the pair becomes one oneDNN linear with a ReLU
+    post-op). Compiled by its first call, which runs under the flag."""
+    mod = torch.nn.Sequential(torch.nn.Linear(w.shape[1], w.shape[0]), torch.nn.ReLU()).to(w.device, w.dtype).eval()
+    with torch.no_grad():
+        mod[0].weight.copy_(w)
+        mod[0].bias.copy_(b)
+    for p in mod.parameters():
+        p.requires_grad_(False)
+    fn = torch.compile(mod, dynamic=False)
+    return fn
+
+
+def bench_linear(shapes, timer, device, dtype, progress, use_compile, autotune=False):
     rows = []
     for batch, k, o in shapes:
         compiled = {}
         if use_compile:
-            compiled = dict(
-                zip(
-                    ("compile", "autotune"),
-                    fresh_compile((eager_linear, "default"), (eager_linear_for_autotune, "max-autotune-no-cudagraphs")),
-                )
+            modes = [(eager_linear, "default")] + (
+                [(eager_linear_for_autotune, "max-autotune-no-cudagraphs")] if autotune else []
             )
+            compiled = dict(zip(("compile", "autotune"), fresh_compile(*modes)))
         g = torch.Generator(device="cpu").manual_seed(batch * 7 + k + o)
         sets = [(torch.randn(batch, k, generator=g).to(device, dtype),) for _ in range(3)]
         w = (torch.randn(o, k, generator=g) / k**0.5).to(device, dtype)
@@ -178,11 +205,21 @@ def bench_linear(shapes, timer, device, dtype, progress, use_compile):
         with torch.no_grad():
             fwd = {
                 "ours": (lambda x: ours_linear(x, w, b), sets),
+                "ours_mask": (lambda x: ops.fused_linear_relu_forward(x, w, b), sets),
                 "eager": (lambda x: eager_linear(x, w, b), sets),
                 "floor": (lambda x: torch.addmm(b, x, w.t()), sets),
             }
+            if device == "cpu" and torch.backends.mkldnn.is_available():
+                lp = torch.ops.mkldnn._linear_pointwise
+                fwd["onednn"] = (lambda x: lp(x, w, b, "relu", [], ""), sets)
+                fwd["bare"] = (lambda x: lp(x, w, b, "none", [], ""), sets)
             for name, fn in compiled.items():
                 fwd[name] = ((lambda f: lambda x: f(x, w, b))(fn), sets)
+            if use_compile and device == "cpu":
+                frozen = frozen_module(w, b)
+                with torch._inductor.config.patch(freezing=True):
+                    frozen(sets[0][0])
+                fwd["freeze"] = (frozen, sets)
             r.update({f"fwd_{name}": v for name, v in timer.group(fwd).items()})
 
         def step(fn):
@@ -261,9 +298,13 @@ def ratio(a, b):
 
 def table(rows, use_compile):
     lines = [
-        "| fused_linear_relu | fwd / addmm | fwd speedup vs eager | fwd speedup vs compile | fwd speedup vs max-autotune | "
-        "fwd+bwd speedup vs eager | fwd+bwd speedup vs compile | fwd+bwd speedup vs max-autotune | saved bytes eager / ours |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Speedups are competitor time / our time (>1: ours faster); fwd = inference forward (no mask), "
+        "fwd+mask = the training forward; `bare` = oneDNN's linear without ReLU, the library's bare product.",
+        "",
+        "| fused_linear_relu | fwd vs oneDNN fused | fwd+mask vs oneDNN fused | fwd vs freeze | fwd+mask / bare | "
+        "fwd / addmm | fwd vs eager | fwd vs compile | fwd+bwd vs eager | fwd+bwd vs compile | fwd+bwd vs max-autotune | "
+        "saved bytes eager / ours |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["op"] != "fused_linear_relu":
@@ -272,9 +313,13 @@ def table(rows, use_compile):
         def vs(key, ours):
             return f"{ratio(r[key], r[ours]):.2f}x" if key in r else "n/a"
 
+        def over(ours, key):
+            return f"{ratio(r[ours], r[key]):.3f}" if key in r else "n/a"
+
         lines.append(
-            f"| {r['shape']} {r['dtype']} | {ratio(r['fwd_ours'], r['fwd_floor']):.3f} | "
-            f"{vs('fwd_eager', 'fwd_ours')} | {vs('fwd_compile', 'fwd_ours')} | {vs('fwd_autotune', 'fwd_ours')} | "
+            f"| {r['shape']} {r['dtype']} | {vs('fwd_onednn', 'fwd_ours')} | {vs('fwd_onednn', 'fwd_ours_mask')} | "
+            f"{vs('fwd_freeze', 'fwd_ours')} | {over('fwd_ours_mask', 'fwd_bare')} | {over('fwd_ours', 'fwd_floor')} | "
+            f"{vs('fwd_eager', 'fwd_ours')} | {vs('fwd_compile', 'fwd_ours')} | "
             f"{vs('fb_eager', 'fb_ours')} | {vs('fb_compile', 'fb_ours')} | {vs('fb_autotune', 'fb_ours')} | "
             f"{r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |"
         )
@@ -315,7 +360,7 @@ def plot(rows, path):
         return False
     lin = [r for r in rows if r["op"] == "fused_linear_relu"]
     pre = [r for r in rows if r["op"] == "dead_prelu"]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(18, 5), gridspec_kw={"width_ratios": [4, 1]})
     for ax, group, series in (
         (
             axes[0],
@@ -323,7 +368,7 @@ def plot(rows, path):
             [
                 ("fwd_eager", "fwd_ours", "fwd: eager / ours"),
                 ("fb_eager", "fb_ours", "fwd+bwd: eager / ours"),
-                ("fwd_floor", "fwd_ours", "fwd: addmm / ours (the GEMM it contains)"),
+                ("fwd_onednn", "fwd_ours", "fwd: oneDNN fused linear+ReLU / ours"),
             ],
         ),
         (
@@ -338,10 +383,10 @@ def plot(rows, path):
     ):
         xs = range(len(group))
         for j, (a, b, label) in enumerate(series):
-            ax.bar([x + 0.27 * (j - 1) for x in xs], [ratio(r[a], r[b]) for r in group], width=0.27, label=label)
+            ax.bar([x + 0.27 * (j - 1) for x in xs], [ratio(r[a], r[b]) if a in r else 0 for r in group], width=0.27, label=label)
         ax.axhline(1.0, color="black", lw=0.8)
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([r["shape"] for r in group], rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([f"{r['shape']} {r['dtype']}" for r in group], rotation=60, ha="right", fontsize=6)
         ax.set_ylabel("speed ratio (higher: ours faster)")
         ax.legend(fontsize=8)
     axes[0].set_title("fused_linear_relu")
@@ -356,31 +401,40 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a few shapes, about a minute")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitor")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile competitors")
+    ap.add_argument("--autotune", action="store_true", help="add torch.compile max-autotune (slow to compile)")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="fused_linear_relu dtypes (dead_prelu: float32)")
+    ap.add_argument("--linear-only", action="store_true", help="skip dead_prelu")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per competitor per shape")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
     use_compile = not args.no_compile
-    linear = LINEAR_QUICK if args.quick else LINEAR_FULL
-    prelu = PRELU_QUICK if args.quick else PRELU_FULL
-    timer = Timer(device, budget_s=0.4 if args.quick else 1.5, min_reps=5, max_reps=200)
-    progress = Progress(len(linear) + len(prelu))
-    rows = bench_linear(linear, timer, device, torch.float32, progress, use_compile)
+    linear = LINEAR_QUICK if args.quick else list(dict.fromkeys(LINEAR_SERVING + LINEAR_FULL + LINEAR_DLRM))
+    prelu = [] if args.linear_only else PRELU_QUICK if args.quick else PRELU_FULL
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    budget = args.budget if args.budget is not None else 0.4 if args.quick else 1.5
+    timer = Timer(device, budget_s=budget, min_reps=5, max_reps=200)
+    progress = Progress(len(linear) * len(dtypes) + len(prelu))
+    rows = []
+    for dtype in dtypes:
+        rows += bench_linear(linear, timer, device, dtype, progress, use_compile, args.autotune)
     rows += bench_prelu(prelu, timer, device, torch.float32, progress, use_compile)
 
     hw = torch.cuda.get_device_name() if device == "cuda" else cpu_model()
     date = datetime.date.today().isoformat()
     header = (
         f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
-        f"torch {torch.__version__}; float32; medians of >= 5 repetitions (rotating 3 input sets); "
-        f"CPU loops {torch_relu_ext._C.cpu_isa()}, float32 product {torch_relu_ext._C.cpu_gemm()}; "
+        f"torch {torch.__version__}; {args.dtypes}; medians of >= 5 repetitions (rotating 3 input sets), "
+        f"{budget} s per competitor per shape; "
+        f"CPU loops {torch_relu_ext._C.cpu_isa()}, CPU matrix product {torch_relu_ext._C.cpu_gemm()}; "
         "competitors interleaved per round; glibc malloc pinned " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     )
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{'quick' if args.quick else 'full'}")
+    stem = os.path.join(args.out, f"{device}-{'quick' if args.quick else 'full'}{'-linear' if args.linear_only else ''}")
     with open(stem + ".md", "w") as f:
         f.write(text)
     with open(stem + ".json", "w") as f:

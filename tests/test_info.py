@@ -16,7 +16,7 @@ def test_info_command_runs_and_self_checks():
     out = proc.stdout
     assert "torch-relu-ext 0.1.0" in out
     assert "self-check cpu: OK" in out
-    assert f"CPU float32 matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
+    assert f"CPU matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
     # One row per operator the dispatcher knows.
     rows = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in operators()}
     assert rows == set(operators())

@@ -1,28 +1,19 @@
 // CPU kernels of fused_linear_relu (forward, forward with mask, backward) and
-// of relu_mask_unpack.
-//
-// Forward, float32 on our own matrix product (own_sgemm(), see loops.h): bias,
-// ReLU and the mask bits are applied to each register tile of the result, so
-// the output is written once. Otherwise (other dtypes, or ATen's product
-// chosen): the output is produced one row block at a time, the BLAS product
-// writes the block, then bias + ReLU + mask packing run over it while it is
-// still in cache. No second output-sized buffer, no separate pass over memory.
+// of relu_mask_unpack. Every matrix product goes through gemm::mm
+// (gemm/gemm.h), which also applies the forward's bias, ReLU and mask bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
 #include "../core/relu_mask.h"
+#include "gemm/gemm.h"
 #include "loops.h"
 
 namespace torch_relu_ext::cpu {
@@ -30,126 +21,7 @@ namespace {
 
 using at::Tensor;
 
-// Row blocks of the forward and backward. Each block's product runs
-// multi-threaded in BLAS, then the element-wise part (forward: bias, ReLU,
-// mask; backward: the masked gradient the block's products read) runs over
-// the block, split among the threads, while it is still in cache.
-// Measured on a 2-core EPYC (1 MiB L2 per core, 32 MiB L3):
-// - blocks of ~4 MiB of output keep the element-wise pass in cache;
-// - BLAS called on small row blocks from inside a parallel region does not
-//   stay single-threaded and ran 2-3x slower than one large product, so
-//   blocks run one after the other, each product using every thread;
-// - fewer than 256 rows, or fewer rows than input features, cost the products
-//   their efficiency (2048x4096x4096: 256-row blocks 10% slower than one
-//   product; in the backward each block also re-reads and re-writes all of
-//   grad_weight), so blocks are at least that tall. Wide layers then run as
-//   one block: their products dwarf the element-wise work anyway.
-// Rows per block are a multiple of 8 (blocks start on mask bytes) and depend
-// only on the shape (never on the thread count: results are reproducible).
-constexpr int64_t kBlockBytes = 4 * 1024 * 1024;
-constexpr int64_t kMinBlockRows = 256;
-
 int64_t round_up8(int64_t v) { return (v + 7) / 8 * 8; }
-
-// A 64-byte aligned float buffer kept by a thread between calls: the packed
-// blocks of the matrix product would otherwise be fresh allocations, whose
-// page faults cost more than packing them.
-class Scratch {
- public:
-  float* get(int64_t floats) {
-    if (floats > size_) {
-      const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
-      ptr_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-      TORCH_CHECK(ptr_ != nullptr, "relu_ext: out of memory allocating ", bytes,
-                  " bytes of matrix-product scratch");
-      size_ = floats;
-    }
-    return ptr_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> ptr_;
-  int64_t size_ = 0;
-};
-
-// C (m x n, row-major, leading dimension ldc) = or += (accumulate) a x b, with
-// our float32 kernels (sgemm.h); ep, when given, is applied to the finished
-// result. Threads split C's rows in whole register tiles (so, for the mask,
-// in multiples of 8 rows) and, when there are too few row tiles to keep every
-// thread busy, its columns in whole panels too (only where mask bytes cannot
-// straddle two column groups: no mask, or a mask row length that is a
-// multiple of 8 bits). Each element is reduced in the same order whatever
-// the split. k must be > 0.
-void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t m, int64_t n,
-              int64_t k, float* c, int64_t ldc, bool accumulate, const sgemm::Epilogue* ep) {
-  thread_local Scratch packed_b_buf;
-  float* packed_b = packed_b_buf.get(kern.packed_b_floats);
-  const int64_t row_tiles = (m + kern.mr - 1) / kern.mr;
-  const int64_t threads = at::get_num_threads();
-  const bool columns_may_split = ep == nullptr || ep->mask == nullptr || ep->mask_ld % 8 == 0;
-  for (int64_t j0 = 0; j0 < n; j0 += kern.nc) {
-    const int64_t nc = std::min(kern.nc, n - j0);
-    const int64_t panels = (nc + kern.nr - 1) / kern.nr;
-    const int64_t col_groups = columns_may_split && row_tiles < 2 * threads
-                                   ? std::min(panels, (2 * threads + row_tiles - 1) / row_tiles)
-                                   : 1;
-    const int64_t group_panels = (panels + col_groups - 1) / col_groups;
-    for (int64_t k0 = 0; k0 < k; k0 += kern.kc) {
-      const int64_t kc = std::min(kern.kc, k - k0);
-      const bool last = k0 + kc >= k;
-      at::parallel_for(
-          0, panels, std::max<int64_t>(1, 16384 / (kc * kern.nr)),
-          [&](int64_t p0, int64_t p1) { kern.pack_b(b, k0, kc, j0, nc, p0, p1, packed_b); });
-      // Tasks (a row tile x a column group each), as many per thread as make
-      // at least ~256k multiply-adds.
-      const int64_t task_macs = kern.mr * std::min(nc, group_panels * kern.nr) * kc;
-      const int64_t grain = std::max<int64_t>(1, (1 << 18) / task_macs);
-      at::parallel_for(0, row_tiles * col_groups, grain, [&](int64_t t0, int64_t t1) {
-        thread_local Scratch a_buf;
-        float* a_scratch = a_buf.get(kern.a_scratch_floats);
-        for (int64_t t = t0; t < t1;) {
-          // A run of tasks in one column group: its consecutive row tiles.
-          const int64_t g = t % col_groups;
-          const int64_t r0 = t / col_groups;
-          int64_t r1 = r0 + 1;
-          if (col_groups == 1) r1 = r0 + (t1 - t);
-          t += r1 - r0;
-          const int64_t p0 = g * group_panels;
-          const int64_t p1 = std::min(panels, p0 + group_panels);
-          if (p0 >= p1) continue;
-          const int64_t n0 = j0 + p0 * kern.nr;
-          kern.block(a, r0 * kern.mr, std::min(m, r1 * kern.mr), k0, kc,
-                     packed_b + p0 * kc * kern.nr, n0,
-                     std::min(nc - p0 * kern.nr, (p1 - p0) * kern.nr), c, ldc, accumulate || k0 > 0,
-                     last ? ep : nullptr, a_scratch);
-        }
-      });
-    }
-  }
-}
-
-// Products own_gemm takes: its 8-row tiles waste most of their work on fewer
-// rows, and for a handful of rows packing B (a full pass over the weight)
-// costs more than BLAS's whole product; below 8 columns, even its narrowest
-// tile (16 columns) is mostly padding. Measured on the Zen 5 (times of
-// ATen's): 1 row 3.4x, 4 rows 1.1x, 16 rows 0.7x; 1-4 columns 1.1-2.5x, 8-24
-// columns 0.5-0.6x.
-bool own_gemm_fits(int64_t m, int64_t n, int64_t k) { return m >= 16 && n >= 8 && k > 0; }
-
-// Strided view of a 2-D float tensor for own_gemm, transposed when asked.
-sgemm::View view_of(const Tensor& t, bool transpose = false) {
-  const float* p = t.data_ptr<float>();
-  return transpose ? sgemm::View{p, t.stride(1), t.stride(0)}
-                   : sgemm::View{p, t.stride(0), t.stride(1)};
-}
-
-int64_t block_rows(int64_t out_f, int64_t in_f, int64_t elem_size) {
-  const int64_t rows = kBlockBytes / std::max<int64_t>(1, out_f * elem_size);
-  return round_up8(std::max({kMinBlockRows, rows, in_f}));
-}
 
 template <bool kWithMask>
 std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, const Tensor& weight,
@@ -161,61 +33,22 @@ std::tuple<Tensor, Tensor> forward_impl(const char* op, const Tensor& input, con
   std::vector<int64_t> out_sizes = input.sizes().vec();
   out_sizes.back() = out_f;
 
-  Tensor out = at::empty({rows, out_f}, input.options());
+  Tensor out;
   Tensor mask;
   if (kWithMask) {
     mask = at::empty({core::relu_mask_bytes(rows, out_f, /*padded=*/false)},
                      input.options().dtype(at::kByte));
   }
-  if (rows == 0 || out_f == 0) return {out.view(out_sizes), mask};
-
-  const bool has_bias = bias_opt.has_value() && bias_opt->defined();
-  const Tensor bias = has_bias ? bias_opt->contiguous() : Tensor();
-  const Tensor wt = weight.t();
-
-  // float32 on our own product (see loops.h): the epilogue runs on each tile
-  // of the result in registers, so the output is written once.
-  const sgemm::Kernels* own = own_sgemm();
-  if (own != nullptr && out.scalar_type() == at::kFloat && own_gemm_fits(rows, out_f, x.size(1))) {
-    if (kWithMask) mask.zero_();
-    const sgemm::Epilogue ep{has_bias ? bias.data_ptr<float>() : nullptr, true,
-                             kWithMask ? mask.data_ptr<uint8_t>() : nullptr, out_f};
-    own_gemm(*own, view_of(x), view_of(weight, /*transpose=*/true), rows, out_f, x.size(1),
-             out.data_ptr<float>(), out_f, false, &ep);
-    return {out.view(out_sizes), mask};
+  if (rows == 0 || out_f == 0) {
+    return {at::empty({rows, out_f}, input.options()).view(out_sizes), mask};
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(
-      at::kBFloat16, at::kHalf, out.scalar_type(), "fused_linear_relu_cpu", [&] {
-        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
-        const auto epilogue_fn = kWithMask ? loops_t.bias_relu_mask : loops_t.bias_relu;
-        scalar_t* out_p = out.data_ptr<scalar_t>();
-        const scalar_t* bias_p = has_bias ? bias.data_ptr<scalar_t>() : nullptr;
-        uint8_t* mask_p = kWithMask ? mask.data_ptr<uint8_t>() : nullptr;
-        const int64_t brows = block_rows(out_f, x.size(1), sizeof(scalar_t));
-        const int64_t nblocks = (rows + brows - 1) / brows;
-
-        auto epilogue = [&](int64_t r0, int64_t r1) {
-          epilogue_fn(out_p + r0 * out_f, bias_p, r1 - r0, out_f,
-                      kWithMask ? mask_p + (r0 * out_f) / 8 : nullptr);
-        };
-        auto product = [&](int64_t r0, int64_t r1) {
-          Tensor block = out.narrow(0, r0, r1 - r0);
-          at::mm_out(block, x.narrow(0, r0, r1 - r0), wt);
-        };
-
-        // 8-row groups: mask bytes are never shared between threads.
-        const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * out_f));
-        for (int64_t b = 0; b < nblocks; ++b) {
-          const int64_t r0 = b * brows;
-          const int64_t r1 = std::min(rows, r0 + brows);
-          product(r0, r1);
-          const int64_t groups = (r1 - r0 + 7) / 8;
-          at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-            epilogue(r0 + g0 * 8, std::min(r1, r0 + g1 * 8));
-          });
-        }
-      });
+  const gemm::Epilogue ep{bias_opt.has_value() ? *bias_opt : Tensor(),
+                          kWithMask ? mask.data_ptr<uint8_t>() : nullptr};
+  const gemm::Backend backend =
+      gemm::choose(kWithMask ? gemm::Use::kForwardMasked : gemm::Use::kForward, input.scalar_type(),
+                   rows, out_f, x.size(1));
+  out = gemm::mm(backend, x, weight.t(), Tensor(), false, &ep);
   return {out.view(out_sizes), mask};
 }
 
@@ -274,11 +107,16 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
   }
 
   const int64_t brows =
-      half ? rows : std::min(rows, block_rows(out_f, in_f, static_cast<int64_t>(g.element_size())));
+      half ? rows
+           : std::min(rows, gemm::block_rows(out_f, in_f, static_cast<int64_t>(g.element_size())));
   const int64_t nblocks = (rows + brows - 1) / brows;
   Tensor gm;
   if (want_gm) gm = at::empty({brows, out_f}, g.options());
-  const sgemm::Kernels* own = own_sgemm();
+  // One backend per product for the whole batch (not per block).
+  const gemm::Backend gi_backend =
+      gemm::choose(gemm::Use::kGradInput, g.scalar_type(), rows, in_f, out_f);
+  const gemm::Backend gw_backend =
+      gemm::choose(gemm::Use::kGradWeight, g.scalar_type(), out_f, in_f, rows);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, g.scalar_type(), "fused_linear_relu_backward_cpu", [&] {
@@ -315,28 +153,11 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
           }
           if (!want_gm) continue;
           const Tensor gm_b = gm.narrow(0, 0, n);
-          // float32 on our own product where it fits (see own_gemm_fits).
-          const bool own_f32 = std::is_same_v<scalar_t, float> && own != nullptr;
-          if (output_mask[0] && own_f32 && own_gemm_fits(n, in_f, out_f)) {
-            // grad_input rows = gm_b x W.
-            own_gemm(*own, view_of(gm_b), view_of(weight), n, in_f, out_f,
-                     grad_input.data_ptr<float>() + r0 * in_f, in_f, false, nullptr);
-          } else if (output_mask[0]) {
-            Tensor gi_b = grad_input.narrow(0, r0, n);
-            at::mm_out(gi_b, gm_b, weight);
+          if (output_mask[0]) {  // grad_input rows = gm_b x W
+            gemm::mm(gi_backend, gm_b, weight, grad_input.narrow(0, r0, n), false, nullptr);
           }
-          if (output_mask[1] && own_f32 && own_gemm_fits(out_f, in_f, rows)) {
-            // grad_weight (+)= gm_b^T x x_b (the choice depends on the whole
-            // batch, not the block: one product for every block).
-            own_gemm(*own, view_of(gm_b, /*transpose=*/true), view_of(x.narrow(0, r0, n)), out_f,
-                     in_f, n, grad_weight.data_ptr<float>(), in_f, b > 0, nullptr);
-          } else if (output_mask[1]) {
-            const Tensor x_b = x.narrow(0, r0, n);
-            if (b == 0) {
-              at::mm_out(grad_weight, gm_b.t(), x_b);
-            } else {
-              grad_weight.addmm_(gm_b.t(), x_b);
-            }
+          if (output_mask[1]) {  // grad_weight (+)= gm_b^T x x_b, in block order
+            gemm::mm(gw_backend, gm_b.t(), x.narrow(0, r0, n), grad_weight, b > 0, nullptr);
           }
         }
         if (output_mask[2]) {

@@ -5,6 +5,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
 
 #include "../core/relu_mask.h"
 #include "../core/relu_math.h"
@@ -16,14 +19,14 @@ namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 // on a mask byte boundary.
 constexpr int64_t kMaskChunk = 1024;
 
-// In place on a contiguous (rows, cols) block that holds x @ W.T: adds the bias
-// (may be null), applies ReLU and, when kWithMask, writes the block's mask bits
-// starting at `mask` (the block must start on a mask byte boundary, i.e. its
-// first flat element index is a multiple of 8). Acc is the arithmetic type
-// (float for the 16-bit types).
+// On a contiguous (rows, cols) block `in` that holds x @ W.T: adds the bias
+// (may be null), applies ReLU into `out` (may be `in`: in place) and, when
+// kWithMask, writes the block's mask bits starting at `mask` (the block must
+// start on a mask byte boundary, i.e. its first flat element index is a
+// multiple of 8). Acc is the arithmetic type (float for the 16-bit types).
 template <typename T, typename Acc, bool kWithMask>
-RELU_EXT_CPU_TARGET void bias_relu_mask_block(T* out, const T* bias, int64_t rows, int64_t cols,
-                                              uint8_t* mask) {
+RELU_EXT_CPU_TARGET void bias_relu_mask_block(const T* in, T* out, const T* bias, int64_t rows,
+                                              int64_t cols, uint8_t* mask) {
   const int64_t n = rows * cols;
   alignas(64) uint8_t flags[kMaskChunk + 8];
   int64_t col = 0;  // column of the next element
@@ -31,18 +34,19 @@ RELU_EXT_CPU_TARGET void bias_relu_mask_block(T* out, const T* bias, int64_t row
     const int64_t len = std::min(kMaskChunk, n - e0);
     for (int64_t i = 0; i < len;) {
       const int64_t seg = std::min(len - i, cols - col);
+      const T* s = in + e0 + i;
       T* o = out + e0 + i;
       uint8_t* f = flags + i;
       if (bias != nullptr) {
         const T* b = bias + col;
         for (int64_t j = 0; j < seg; ++j) {
-          const Acc y = static_cast<Acc>(o[j]) + static_cast<Acc>(b[j]);
+          const Acc y = static_cast<Acc>(s[j]) + static_cast<Acc>(b[j]);
           if (kWithMask) f[j] = core::relu_passes(y);
           o[j] = static_cast<T>(core::relu(y));
         }
       } else {
         for (int64_t j = 0; j < seg; ++j) {
-          const Acc y = static_cast<Acc>(o[j]);
+          const Acc y = static_cast<Acc>(s[j]);
           if (kWithMask) f[j] = core::relu_passes(y);
           o[j] = static_cast<T>(core::relu(y));
         }
@@ -75,6 +79,82 @@ template <>
 struct UIntOfSize<8> {
   using type = uint64_t;
 };
+
+// Mask bits of n elements of a ReLU output that holds no NaN (see
+// gemm.cpp's oneDNN route): bit = out > 0, which is relu_passes of the
+// pre-activation when that was not NaN. `out` starts on a mask byte. Read
+// as signed integers (> 0: sign clear and not +0.0), which vectorizes.
+template <typename T>
+RELU_EXT_CPU_TARGET void positive_mask_block(const T* out, int64_t n, uint8_t* mask) {
+  using S = std::make_signed_t<typename UIntOfSize<sizeof(T)>::type>;
+  alignas(64) uint8_t flags[kMaskChunk + 8];
+  for (int64_t e0 = 0; e0 < n; e0 += kMaskChunk) {
+    const int64_t len = std::min(kMaskChunk, n - e0);
+    for (int64_t j = 0; j < len; ++j) {
+      S bits;
+      std::memcpy(&bits, out + e0 + j, sizeof(T));
+      flags[j] = bits > 0;
+    }
+    const int64_t nbytes = (len + 7) / 8;
+    for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
+    uint8_t* m = mask + e0 / 8;
+    for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+  }
+}
+
+// ReLU (y < 0 ? 0 : y, NaN and -0.0 kept) of n contiguous elements from `in`
+// into `out` (may be `in`), and, when mask is not null, their mask bits
+// (y not <= 0: positive or NaN; `in` starts on a mask byte). On the bit
+// patterns, which vectorizes for every T (no conversion of 16-bit types).
+template <typename T, bool kWithMask>
+RELU_EXT_CPU_TARGET void relu_bits_block(const T* in, T* out, int64_t n, uint8_t* mask) {
+  using U = typename UIntOfSize<sizeof(T)>::type;
+  using S = std::make_signed_t<U>;
+  constexpr U kAbs = static_cast<U>(std::numeric_limits<U>::max() >> 1);
+  const T inf = std::numeric_limits<T>::infinity();
+  U inf_bits;
+  std::memcpy(&inf_bits, &inf, sizeof(T));
+  alignas(64) uint8_t flags[kMaskChunk + 8];
+  for (int64_t e0 = 0; e0 < n; e0 += kMaskChunk) {
+    const int64_t len = std::min(kMaskChunk, n - e0);
+    for (int64_t j = 0; j < len; ++j) {
+      U bits;
+      std::memcpy(&bits, in + e0 + j, sizeof(T));
+      const U mag = bits & kAbs;
+      const bool nan = mag > inf_bits;
+      const bool negative = static_cast<S>(bits) < 0 && mag != 0 && !nan;
+      if (kWithMask) flags[j] = static_cast<uint8_t>(static_cast<S>(bits) > 0 || nan);
+      const U o = negative ? U(0) : bits;
+      std::memcpy(out + e0 + j, &o, sizeof(T));
+    }
+    if (kWithMask) {
+      const int64_t nbytes = (len + 7) / 8;
+      for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
+      uint8_t* m = mask + e0 / 8;
+      for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+    }
+  }
+}
+
+// Largest |v| of n elements, or +Inf when any is NaN or infinite. On the bit
+// patterns: without the sign bit they order as the magnitudes do, and the
+// all-ones exponent (Inf, NaN) is at the top.
+template <typename T>
+RELU_EXT_CPU_TARGET float max_abs_block(const T* p, int64_t n) {
+  using U = typename UIntOfSize<sizeof(T)>::type;
+  constexpr U kAbs = static_cast<U>(std::numeric_limits<U>::max() >> 1);
+  U mx = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    std::memcpy(&bits, p + i, sizeof(T));
+    bits &= kAbs;
+    mx = bits > mx ? bits : mx;
+  }
+  T v;
+  std::memcpy(&v, &mx, sizeof(T));
+  const float f = static_cast<float>(v);
+  return f == f ? f : std::numeric_limits<float>::infinity();
+}
 
 // grad_masked = mask ? grad : 0 on a contiguous (rows, cols) block whose first
 // element has flat index e0 (a multiple of 8) in the mask. When bias_acc is not

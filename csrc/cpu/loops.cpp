@@ -5,7 +5,6 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 namespace torch_relu_ext::cpu {
@@ -29,29 +28,11 @@ const LoopTables& choose() {
   return *loops_default();
 }
 
-const sgemm::Kernels* choose_sgemm() {
-  const char* env = std::getenv("TORCH_RELU_EXT_CPU_GEMM");
-  const std::string mode = env != nullptr && env[0] != '\0' ? env : "auto";
-  TORCH_CHECK(mode == "auto" || mode == "own" || mode == "aten",
-              "torch_relu_ext: TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own' or 'aten', got '",
-              mode, "'");
-  if (mode == "aten" || std::strcmp(loops().isa, "avx512") != 0) return nullptr;
-#if defined(__x86_64__)
-  if (mode == "auto" && __builtin_cpu_is("intel")) return nullptr;
-#endif
-  return sgemm::avx512();
-}
-
 }  // namespace
 
 const LoopTables& loops() {
   static const LoopTables& t = choose();
   return t;
-}
-
-const sgemm::Kernels* own_sgemm() {
-  static const sgemm::Kernels* k = choose_sgemm();
-  return k;
 }
 
 }  // namespace torch_relu_ext::cpu

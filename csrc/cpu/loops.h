@@ -14,17 +14,24 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "sgemm.h"
-
 namespace torch_relu_ext::cpu {
 
 template <typename T>
 struct Loops {
-  // fused_linear_relu epilogue on a contiguous (rows, cols) block holding
-  // x @ W.T: + bias (may be null), ReLU, and (bias_relu_mask) the block's mask
-  // bits; the block starts on a mask byte boundary.
-  void (*bias_relu)(T* out, const T* bias, int64_t rows, int64_t cols, uint8_t* unused);
-  void (*bias_relu_mask)(T* out, const T* bias, int64_t rows, int64_t cols, uint8_t* mask);
+  // fused_linear_relu epilogue on a contiguous (rows, cols) block `in` holding
+  // x @ W.T: + bias (may be null), ReLU into `out` (may be `in`), and
+  // (bias_relu_mask) the block's mask bits; the block starts on a mask byte.
+  void (*bias_relu)(const T* in, T* out, const T* bias, int64_t rows, int64_t cols,
+                    uint8_t* unused);
+  void (*bias_relu_mask)(const T* in, T* out, const T* bias, int64_t rows, int64_t cols,
+                         uint8_t* mask);
+  // ReLU without bias (and mask bits) of n contiguous elements, on their bits.
+  void (*relu)(const T* in, T* out, int64_t n, uint8_t* unused);
+  void (*relu_mask)(const T* in, T* out, int64_t n, uint8_t* mask);
+  // Mask bits (out > 0) of n elements of a NaN-free ReLU output.
+  void (*positive_mask)(const T* out, int64_t n, uint8_t* mask);
+  // Largest |v| of n elements; +Inf if any is NaN or infinite.
+  float (*max_abs)(const T* p, int64_t n);
   // mask ? grad : 0 for a block starting at flat element e0 (a multiple of 8);
   // grad_masked may be null; bias_acc (may be null) receives column sums.
   void (*mask_grad)(const T* grad, T* grad_masked, const uint8_t* mask, int64_t e0, int64_t rows,
@@ -64,16 +71,6 @@ struct LoopTables {
 
 // The tables of this process (chosen on first use).
 const LoopTables& loops();
-
-// The float32 matrix product fused_linear_relu runs on this process's CPU:
-// our AVX-512 kernels (sgemm.h), or null for ATen's (BLAS). Chosen on first
-// use from TORCH_RELU_EXT_CPU_GEMM: "aten", "own" (where the avx512 loop
-// tables run), or "auto" (the default): own where the avx512 loop tables run
-// on a CPU that is not Intel's. MKL, PyTorch's BLAS on x86, chooses its
-// AVX-512 kernels for Intel CPUs; on an AMD Zen 5 it reached 39% of the
-// AVX-512 peak, about what AVX2 code can (see sgemm.h). Ours was not
-// measured on an Intel CPU: there MKL is kept.
-const sgemm::Kernels* own_sgemm();
 
 // Each build's tables; null where that build is not available (non-x86).
 const LoopTables* loops_default();

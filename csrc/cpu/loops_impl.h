@@ -28,9 +28,16 @@ using acc_t = std::conditional_t<sizeof(T) == 2, float, T>;
 template <typename T>
 constexpr Loops<T> make_loops() {
   using Acc = acc_t<T>;
-  return {&bias_relu_mask_block<T, Acc, false>, &bias_relu_mask_block<T, Acc, true>,
-          &mask_grad_block<T, double>,          &prelu_forward_rows<T, Acc>,
-          &prelu_forward_flat<T, Acc>,          &prelu_backward_rows<T, Acc, double>,
+  return {&bias_relu_mask_block<T, Acc, false>,
+          &bias_relu_mask_block<T, Acc, true>,
+          &relu_bits_block<T, false>,
+          &relu_bits_block<T, true>,
+          &positive_mask_block<T>,
+          &max_abs_block<T>,
+          &mask_grad_block<T, double>,
+          &prelu_forward_rows<T, Acc>,
+          &prelu_forward_flat<T, Acc>,
+          &prelu_backward_rows<T, Acc, double>,
           &prelu_backward_flat<T, Acc, double>};
 }
 

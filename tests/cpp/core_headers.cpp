@@ -7,10 +7,10 @@
 #include "cpu/fused_linear_relu_loops.h"
 
 namespace torch_relu_ext::cpu::isa_lint {
-template void bias_relu_mask_block<float, float, true>(float*, const float*, int64_t, int64_t,
-                                                       uint8_t*);
-template void bias_relu_mask_block<double, double, false>(double*, const double*, int64_t, int64_t,
-                                                          uint8_t*);
+template void bias_relu_mask_block<float, float, true>(const float*, float*, const float*, int64_t,
+                                                       int64_t, uint8_t*);
+template void bias_relu_mask_block<double, double, false>(const double*, double*, const double*,
+                                                          int64_t, int64_t, uint8_t*);
 template void mask_grad_block<float, double>(const float*, float*, const uint8_t*, int64_t, int64_t,
                                              int64_t, double*);
 template void prelu_forward_rows<float, float>(const float*, float*, const float*, bool, int64_t,

@@ -1,13 +1,8 @@
 // A float32 matrix product for x86-64 CPUs with AVX-512, free of ATen, whose
 // last reduction step can apply the fused_linear_relu epilogue (bias, ReLU,
-// mask bits) to the result while it is still in registers.
-//
-// Why it exists: PyTorch's CPU wheels multiply float32 matrices with MKL,
-// which chooses its AVX-512 kernels for Intel CPUs. On the AMD EPYC
-// (Zen 5) this project is benchmarked on, torch.addmm reached 165-220 GFLOPS
-// on two cores, 39% of the measured AVX-512 peak (548 GFLOPS, 2 FMA/cycle of
-// 16 floats at 4.3 GHz); oneDNN's AVX-512 kernels reach 470-518 GFLOPS on the
-// same shapes. See fused_linear_relu.cpp for when it is used.
+// mask bits) to the result while it is still in registers: the output and
+// its mask are written once. Where it runs instead of oneDNN or ATen, and
+// what it wins there: docs/cpu_gemm.md (gemm.cpp holds the choice).
 //
 // Method (as BLIS, Goto & van de Geijn 2008): C (M x N) = A (M x K) B (K x N)
 // is cut into column blocks of nc and reduction blocks of kc. B's block is

@@ -29,10 +29,10 @@ namespace {
 constexpr int kMR = 8;
 constexpr int kNR = 48;
 constexpr int kVecs = kNR / 16;
-// Blocks (measured on a Zen 5 EPYC: 48 KiB L1d, 1 MiB L2 per core): a panel
-// of B (kc x nr = 48 KiB) is reused from L1/L2 by every tile of a thread's A
-// block (mc x kc = 256 KiB, L2); the packed block of B (kc x nc = 3 MiB) is
-// shared by all threads from L3.
+// Blocks (sized for 48 KiB L1d and 1 MiB L2 per core, docs/cpu_gemm.md): a
+// panel of B (kc x nr = 48 KiB) is reused from L1/L2 by every tile of a
+// thread's A block (mc x kc = 256 KiB, L2); the packed block of B
+// (kc x nc = 3 MiB) is shared by all threads from L3.
 constexpr int64_t kKC = 256;
 constexpr int64_t kMC = 256;
 constexpr int64_t kNC = 3072;

@@ -1,0 +1,546 @@
+// The CPU matrix product (gemm.h): backend choice and the three backends.
+#include "gemm.h"
+
+#include <ATen/Context.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "../../core/relu_mask.h"
+#include "../loops.h"
+#include "sgemm.h"
+
+namespace torch_relu_ext::cpu::gemm {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- the choice
+
+enum class Mode : uint8_t { kAuto, kOwn, kOneDNN, kATen };
+
+Mode parse_mode(const std::string& v) {
+  if (v.empty() || v == "auto") return Mode::kAuto;
+  if (v == "own") return Mode::kOwn;
+  if (v == "onednn") return Mode::kOneDNN;
+  if (v == "aten") return Mode::kATen;
+  TORCH_CHECK(false,
+              "torch_relu_ext: TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten' "
+              "(the CPU matrix product of fused_linear_relu), got '",
+              v, "'");
+}
+
+// The setting: TORCH_RELU_EXT_CPU_GEMM, read on first use, or set_mode().
+std::atomic<int> g_mode{-1};
+
+Mode mode() {
+  int m = g_mode.load(std::memory_order_relaxed);
+  if (m < 0) {
+    const char* env = std::getenv("TORCH_RELU_EXT_CPU_GEMM");
+    m = static_cast<int>(parse_mode(env != nullptr ? env : ""));
+    g_mode.store(m, std::memory_order_relaxed);
+  }
+  return static_cast<Mode>(m);
+}
+
+// Our AVX-512 kernels, where the AVX-512 loop tables run (ATen's capability,
+// checked against the CPU: see loops.h); else null.
+const sgemm::Kernels* own_kernels() {
+  static const sgemm::Kernels* k =
+      std::strcmp(loops().isa, "avx512") == 0 ? sgemm::avx512() : nullptr;
+  return k;
+}
+
+// oneDNN through the dispatcher: its fused linear operator (Inductor's CPU
+// freezing path) and whether this CPU runs its 16-bit kernels.
+struct OneDNN {
+  std::optional<c10::OperatorHandle> linear;
+  bool bf16 = false;
+  bool fp16 = false;
+};
+
+bool ask_bool(const char* op_name) {
+  const auto op = c10::Dispatcher::singleton().findSchema({op_name, ""});
+  return op.has_value() && op->typed<bool()>().call();
+}
+
+const OneDNN& onednn() {
+  static const OneDNN d = [] {
+    OneDNN r;
+    if (!at::hasMKLDNN()) return r;
+    r.linear = c10::Dispatcher::singleton().findSchema({"mkldnn::_linear_pointwise", ""});
+    if (r.linear.has_value()) {
+      r.bf16 = ask_bool("mkldnn::_is_mkldnn_bf16_supported");
+      r.fp16 = ask_bool("mkldnn::_is_mkldnn_fp16_supported");
+    }
+    return r;
+  }();
+  return d;
+}
+
+// CPUID family (base + extended) of this CPU; 0 where not x86.
+int cpu_family() {
+#if defined(__x86_64__)
+  unsigned a = 1, b = 0, c = 0, d = 0;
+  __asm__ volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d));
+  const unsigned base = (a >> 8) & 0xF;
+  return static_cast<int>(base == 0xF ? base + ((a >> 20) & 0xFF) : base);
+#else
+  return 0;
+#endif
+}
+
+// The processors each rule of the auto choice was measured on
+// (docs/cpu_gemm.md): AMD family 0x1A (Zen 5) with AVX-512, where MKL runs
+// AVX2 code and our kernels won the gradient products; Intel family 6 with
+// AVX-512, where MKL runs AVX-512 code and beat oneDNN on products of few
+// rows. Every other CPU gets the libraries' rules only.
+struct CpuClass {
+  bool zen5_avx512;
+  bool intel_avx512;
+};
+
+const CpuClass& cpu_class() {
+  static const CpuClass c = [] {
+    CpuClass r{false, false};
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const bool avx512 = own_kernels() != nullptr;
+    const int family = cpu_family();
+    r.zen5_avx512 = avx512 && __builtin_cpu_is("amd") && family == 0x1A;
+    r.intel_avx512 = avx512 && __builtin_cpu_is("intel") && family == 6;
+#endif
+    return r;
+  }();
+  return c;
+}
+
+bool onednn_runs(at::ScalarType dtype) {
+  const OneDNN& d = onednn();
+  if (!d.linear.has_value()) return false;
+  return dtype == at::kFloat || (dtype == at::kBFloat16 && d.bf16) ||
+         (dtype == at::kHalf && d.fp16);
+}
+
+bool can_run(Backend b, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
+  // Empty products (k = 0: zeros) are ATen's.
+  if (m <= 0 || n <= 0 || k <= 0) return b == Backend::kATen;
+  switch (b) {
+    case Backend::kOwn:
+      return dtype == at::kFloat && own_kernels() != nullptr;
+    case Backend::kOneDNN:
+      return onednn_runs(dtype);
+    case Backend::kATen:
+      return true;
+  }
+  return false;
+}
+
+// Thresholds of the auto choice, from the measurements in docs/cpu_gemm.md.
+// Below kTinyMacs multiply-adds oneDNN's fixed cost per call (~15 us:
+// dispatch, primitive cache, weight descriptor) exceeds the product itself.
+constexpr int64_t kTinyMacs = int64_t{1} << 20;
+// Where MKL runs its AVX-512 code (Intel), it matched or beat oneDNN on
+// float32 except on mid-size products (16-512 rows, >= 2^23 multiply-adds)
+// and output-bound ones with reductions of >= 16 (oneDNN's ReLU post-op).
+constexpr int64_t kMklSmallMacs = int64_t{1} << 23;
+constexpr int64_t kFewRows = 16;
+constexpr int64_t kManyRows = 512;
+constexpr int64_t kShortK = 16;
+// Our kernels' 8 x 48 tiles waste most of their work below 16 rows or 8
+// columns, and packing B costs more than a small product.
+bool own_fits(int64_t m, int64_t n) { return m >= 16 && n >= 8; }
+
+// Whether a product writes so much more output than it reads input that it
+// is bound by writing the output (the same test as oneDNN's post-op route).
+bool output_bound(int64_t m, int64_t n, int64_t k) { return (m + n) * k * 4 <= m * n; }
+
+Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
+  if (m <= 0 || n <= 0 || k <= 0) return Backend::kATen;
+  const CpuClass& cpu = cpu_class();
+  if (use == Use::kGradInput || use == Use::kGradWeight) {
+    // ATen's mm beat oneDNN's operator (which takes the weight as n x k and
+    // copies transposed operands) on every gradient product measured; our
+    // kernels beat MKL's AVX2 code on Zen 5.
+    if (dtype == at::kFloat && cpu.zen5_avx512 && own_fits(m, n)) return Backend::kOwn;
+    return Backend::kATen;
+  }
+  if (!onednn_runs(dtype)) return Backend::kATen;
+  if (dtype == at::kFloat) {
+    const bool masked = use == Use::kForwardMasked;
+    // The training forward of output-bound shapes on Zen 5: our kernels
+    // write the output and its mask once, where MKL runs AVX2 code and
+    // oneDNN's route needs a second pass over the output for the mask.
+    if (masked && cpu.zen5_avx512 && own_fits(m, n) && output_bound(m, n, k)) return Backend::kOwn;
+    const int64_t macs = m * n * k;
+    if (macs < kTinyMacs) return Backend::kATen;
+    if (cpu.intel_avx512) {
+      // oneDNN's post-op route pays only without the mask's extra pass.
+      const bool mid = m >= kFewRows && m <= kManyRows && macs >= kMklSmallMacs;
+      const bool post_op = !masked && output_bound(m, n, k) && k >= kShortK;
+      if (!mid && !post_op) return Backend::kATen;
+    }
+  }
+  return Backend::kOneDNN;
+}
+
+// ---------------------------------------------------------------- backends
+
+// A 64-byte aligned float buffer kept by a thread between calls: the packed
+// blocks of our product would otherwise be fresh allocations, whose page
+// faults cost more than packing them.
+class Scratch {
+ public:
+  float* get(int64_t floats) {
+    if (floats > size_) {
+      const size_t bytes = (static_cast<size_t>(floats) * sizeof(float) + 63) / 64 * 64;
+      ptr_.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+      TORCH_CHECK(ptr_ != nullptr, "relu_ext: out of memory allocating ", bytes,
+                  " bytes of matrix-product scratch");
+      size_ = floats;
+    }
+    return ptr_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> ptr_;
+  int64_t size_ = 0;
+};
+
+// C (m x n, row-major, ldc) = or += a x b with our kernels; ep is applied to
+// the finished result. Threads split C's rows in whole register tiles (mask
+// bytes never straddle threads) and, when row tiles are fewer than twice the
+// threads, its columns in whole panels (only where mask bytes cannot
+// straddle column groups). Each element is reduced in the same order
+// whatever the split: results do not depend on the thread count. k > 0.
+void own_gemm(const sgemm::Kernels& kern, sgemm::View a, sgemm::View b, int64_t m, int64_t n,
+              int64_t k, float* c, int64_t ldc, bool accumulate, const sgemm::Epilogue* ep) {
+  thread_local Scratch packed_b_buf;
+  float* packed_b = packed_b_buf.get(kern.packed_b_floats);
+  const int64_t row_tiles = (m + kern.mr - 1) / kern.mr;
+  const int64_t threads = at::get_num_threads();
+  const bool columns_may_split = ep == nullptr || ep->mask == nullptr || ep->mask_ld % 8 == 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kern.nc) {
+    const int64_t nc = std::min(kern.nc, n - j0);
+    const int64_t panels = (nc + kern.nr - 1) / kern.nr;
+    const int64_t col_groups = columns_may_split && row_tiles < 2 * threads
+                                   ? std::min(panels, (2 * threads + row_tiles - 1) / row_tiles)
+                                   : 1;
+    const int64_t group_panels = (panels + col_groups - 1) / col_groups;
+    for (int64_t k0 = 0; k0 < k; k0 += kern.kc) {
+      const int64_t kc = std::min(kern.kc, k - k0);
+      const bool last = k0 + kc >= k;
+      at::parallel_for(
+          0, panels, std::max<int64_t>(1, 16384 / (kc * kern.nr)),
+          [&](int64_t p0, int64_t p1) { kern.pack_b(b, k0, kc, j0, nc, p0, p1, packed_b); });
+      // Tasks (a row tile x a column group each), as many per thread as make
+      // at least ~256k multiply-adds.
+      const int64_t task_macs = kern.mr * std::min(nc, group_panels * kern.nr) * kc;
+      const int64_t grain = std::max<int64_t>(1, (1 << 18) / task_macs);
+      at::parallel_for(0, row_tiles * col_groups, grain, [&](int64_t t0, int64_t t1) {
+        thread_local Scratch a_buf;
+        float* a_scratch = a_buf.get(kern.a_scratch_floats);
+        for (int64_t t = t0; t < t1;) {
+          // A run of tasks in one column group: its consecutive row tiles.
+          const int64_t g = t % col_groups;
+          const int64_t r0 = t / col_groups;
+          int64_t r1 = r0 + 1;
+          if (col_groups == 1) r1 = r0 + (t1 - t);
+          t += r1 - r0;
+          const int64_t p0 = g * group_panels;
+          const int64_t p1 = std::min(panels, p0 + group_panels);
+          if (p0 >= p1) continue;
+          const int64_t n0 = j0 + p0 * kern.nr;
+          kern.block(a, r0 * kern.mr, std::min(m, r1 * kern.mr), k0, kc,
+                     packed_b + p0 * kc * kern.nr, n0,
+                     std::min(nc - p0 * kern.nr, (p1 - p0) * kern.nr), c, ldc, accumulate || k0 > 0,
+                     last ? ep : nullptr, a_scratch);
+        }
+      });
+    }
+  }
+}
+
+sgemm::View view_of(const Tensor& t) {
+  return sgemm::View{t.data_ptr<float>(), t.stride(0), t.stride(1)};
+}
+
+Tensor own_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  if (!c.defined()) c = at::empty({m, n}, a.options());
+  sgemm::Epilogue sep{nullptr, true, nullptr, n};
+  Tensor bias;
+  if (ep != nullptr) {
+    if (ep->bias.defined()) {
+      bias = ep->bias.contiguous();
+      sep.bias = bias.data_ptr<float>();
+    }
+    sep.mask = ep->mask;
+    // The kernels OR the mask bits into zeroed bytes.
+    if (sep.mask != nullptr) std::memset(sep.mask, 0, core::relu_mask_bytes(m, n, false));
+  }
+  own_gemm(*own_kernels(), view_of(a), view_of(b), m, n, k, c.data_ptr<float>(), n, accumulate,
+           ep != nullptr ? &sep : nullptr);
+  return c;
+}
+
+// ReLU (+ bias when given, + mask bits when asked) from a contiguous rows x n
+// block `in` into `out` (may be `in`), whose first row is row r0 of the whole
+// output; split among threads in 8-row groups (mask bytes are never shared).
+void relu_pass(const Tensor& in, const Tensor& out, const Tensor& bias, uint8_t* mask, int64_t r0) {
+  const int64_t rows = in.size(0), n = in.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "relu_pass", [&] {
+    const Loops<scalar_t>& lt = loops().get<scalar_t>();
+    const auto fn = mask != nullptr ? lt.bias_relu_mask : lt.bias_relu;
+    const auto fn_bits = mask != nullptr ? lt.relu_mask : lt.relu;
+    const scalar_t* in_p = in.data_ptr<scalar_t>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    const scalar_t* bias_p = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, 8 * n));
+    at::parallel_for(0, (rows + 7) / 8, grain, [&](int64_t g0, int64_t g1) {
+      const int64_t s0 = g0 * 8, s1 = std::min(rows, g1 * 8);
+      uint8_t* m = mask != nullptr ? mask + ((r0 + s0) * n) / 8 : nullptr;
+      if (bias_p != nullptr) {
+        fn(in_p + s0 * n, out_p + s0 * n, bias_p, s1 - s0, n, m);
+      } else {
+        fn_bits(in_p + s0 * n, out_p + s0 * n, (s1 - s0) * n, m);
+      }
+    });
+  });
+}
+
+// ATen's product; with ep, one row block at a time (block_rows): the BLAS
+// product writes the block (using every thread), then the epilogue runs over
+// it while it is still in cache.
+Tensor aten_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  if (!c.defined()) {
+    c = at::empty({m, n}, a.options());
+    TORCH_INTERNAL_ASSERT(!accumulate);
+  }
+  if (ep == nullptr) {
+    if (accumulate) {
+      c.addmm_(a, b);
+    } else {
+      at::mm_out(c, a, b);
+    }
+    return c;
+  }
+  const Tensor bias = ep->bias.defined() ? ep->bias.contiguous() : Tensor();
+  const int64_t brows = block_rows(n, k, a.element_size());
+  for (int64_t r0 = 0; r0 < m; r0 += brows) {
+    const int64_t r1 = std::min(m, r0 + brows);
+    Tensor cb = c.narrow(0, r0, r1 - r0);
+    at::mm_out(cb, a.narrow(0, r0, r1 - r0), b);
+    relu_pass(cb, cb, bias, ep->mask, r0);
+  }
+  return c;
+}
+
+// oneDNN's fused linear, y = a @ w^T + bias with post-op `attr` ("none" or
+// "relu"), called boxed through the dispatcher, below autograd (a kernel's
+// inner call records nothing).
+Tensor onednn_linear(const Tensor& a, const Tensor& w, const Tensor& bias, const char* attr) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  torch::jit::Stack stack;
+  stack.reserve(6);
+  stack.emplace_back(a);
+  stack.emplace_back(w);
+  stack.emplace_back(bias.defined() ? c10::IValue(bias) : c10::IValue());
+  stack.emplace_back(std::string(attr));
+  stack.emplace_back(c10::List<std::optional<c10::Scalar>>());
+  stack.emplace_back(std::string(""));
+  onednn().linear->callBoxed(&stack);
+  return std::move(stack[0]).toTensor();
+}
+
+// Largest |v| of a contiguous tensor (+Inf if any is NaN or infinite), in
+// fixed chunks (the result is exact: no dependence on the split).
+float max_abs(const Tensor& t) {
+  float result = 0.0f;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "max_abs", [&] {
+    const auto fn = loops().get<scalar_t>().max_abs;
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    const int64_t n = t.numel();
+    constexpr int64_t kChunk = 1 << 16;
+    std::vector<float> part((n + kChunk - 1) / kChunk, 0.0f);
+    at::parallel_for(0, static_cast<int64_t>(part.size()), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        part[c] = fn(p + c * kChunk, std::min(kChunk, n - c * kChunk));
+      }
+    });
+    for (float v : part) result = std::max(result, v);
+  });
+  return result;
+}
+
+// Whether a @ w^T + bias is NaN-free whatever the order of summation: every
+// input finite and every partial sum bounded by k max|a| max|w| + max|b|,
+// far below float's overflow (oneDNN accumulates 16-bit types in float).
+// Then oneDNN's ReLU post-op (which maps NaN to 0) equals ours.
+bool nan_free(const Tensor& a, const Tensor& w, const Tensor& bias) {
+  const double bound = static_cast<double>(a.size(1)) * max_abs(a) * max_abs(w) +
+                       (bias.defined() ? max_abs(bias) : 0.0);
+  return bound < 1e37;
+}
+
+// oneDNN writes a new tensor: without an epilogue it is the result (or is
+// added/copied into c). With one, the bias goes into oneDNN's product (one
+// rounding, as eager's addmm), and either
+// - oneDNN's ReLU post-op runs too, where the inputs cannot make a NaN
+//   (nan_free) and scanning them costs far less than a pass over the output:
+//   the mask is then read off the output (out > 0); or
+// - our ReLU + mask pass runs over oneDNN's result, per row block
+//   (block_rows) while the block is still in cache.
+Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  const Tensor w = b.t();  // n x k, as oneDNN's linear takes its weight
+  const Tensor bias = ep != nullptr && ep->bias.defined() ? ep->bias.contiguous() : Tensor();
+  const auto product = [&](int64_t r0, int64_t rows) {
+    return onednn_linear(a.narrow(0, r0, rows), w, bias, "none");
+  };
+  if (ep == nullptr) {
+    Tensor t = product(0, m);
+    if (!c.defined()) return t;
+    if (accumulate) {
+      c.add_(t);
+    } else {
+      c.copy_(t);
+    }
+    return c;
+  }
+  // Without the mask, skipping our ReLU pass (a read and a write of the
+  // output) pays wherever the scans read less: (m + n) k <= 2 m n.
+  const bool scans_pay = ep->mask == nullptr ? (m + n) * k <= 2 * m * n : output_bound(m, n, k);
+  if (scans_pay && !c.defined() && a.is_contiguous() && w.is_contiguous() && nan_free(a, w, bias)) {
+    Tensor t = onednn_linear(a, w, bias, "relu");
+    if (ep->mask != nullptr) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
+        const auto fn = loops().get<scalar_t>().positive_mask;
+        const scalar_t* p = t.const_data_ptr<scalar_t>();
+        const int64_t total = m * n;
+        constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)
+        at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+          for (int64_t c = c0; c < c1; ++c) {
+            fn(p + c * kChunk, std::min(kChunk, total - c * kChunk), ep->mask + c * kChunk / 8);
+          }
+        });
+      });
+    }
+    return t;
+  }
+  const int64_t brows = block_rows(n, k, a.element_size());
+  if (m <= brows && !c.defined()) {
+    Tensor t = product(0, m);
+    relu_pass(t, t, Tensor(), ep->mask, 0);
+    return t;
+  }
+  if (!c.defined()) c = at::empty({m, n}, a.options());
+  for (int64_t r0 = 0; r0 < m; r0 += brows) {
+    const int64_t r1 = std::min(m, r0 + brows);
+    relu_pass(product(r0, r1 - r0), c.narrow(0, r0, r1 - r0), Tensor(), ep->mask, r0);
+  }
+  return c;
+}
+
+}  // namespace
+
+const char* name(Backend backend) {
+  switch (backend) {
+    case Backend::kOwn:
+      return "own";
+    case Backend::kOneDNN:
+      return "onednn";
+    case Backend::kATen:
+      return "aten";
+  }
+  return "?";
+}
+
+Backend choose(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
+  const Mode md = mode();
+  const Backend forced = md == Mode::kOwn      ? Backend::kOwn
+                         : md == Mode::kOneDNN ? Backend::kOneDNN
+                                               : Backend::kATen;
+  if (md != Mode::kAuto && can_run(forced, dtype, m, n, k)) return forced;
+  return choose_auto(use, dtype, m, n, k);
+}
+
+Tensor mm(Backend backend, const Tensor& a, const Tensor& b, Tensor c, bool accumulate,
+          const Epilogue* ep) {
+  TORCH_INTERNAL_ASSERT(ep == nullptr || !accumulate);
+  TORCH_INTERNAL_ASSERT(can_run(backend, a.scalar_type(), a.size(0), b.size(1), a.size(1)));
+  switch (backend) {
+    case Backend::kOwn:
+      return own_mm(a, b, std::move(c), accumulate, ep);
+    case Backend::kOneDNN:
+      return onednn_mm(a, b, std::move(c), accumulate, ep);
+    case Backend::kATen:
+      break;
+  }
+  return aten_mm(a, b, std::move(c), accumulate, ep);
+}
+
+// ~4 MiB of output keeps the pass after the product in cache; fewer than 256
+// rows, or than the reduction depth, cost the products their efficiency.
+int64_t block_rows(int64_t n, int64_t k, int64_t elem_size) {
+  constexpr int64_t kBlockBytes = 4 * 1024 * 1024;
+  constexpr int64_t kMinBlockRows = 256;
+  const int64_t rows = kBlockBytes / std::max<int64_t>(1, n * elem_size);
+  return (std::max({kMinBlockRows, rows, k}) + 7) / 8 * 8;
+}
+
+void set_mode(const std::string& setting) {
+  g_mode.store(static_cast<int>(parse_mode(setting)), std::memory_order_relaxed);
+}
+
+std::string describe() {
+  const Mode md = mode();
+  std::ostringstream s;
+  s << (md == Mode::kAuto     ? "auto"
+        : md == Mode::kOwn    ? "own"
+        : md == Mode::kOneDNN ? "onednn"
+                              : "aten");
+  // The choice for a few representative products.
+  struct Probe {
+    const char* what;
+    Use use;
+    at::ScalarType dtype;
+    int64_t m, n, k;
+  };
+  const Probe probes[] = {
+      {"forward float32 2048x1024x1024", Use::kForward, at::kFloat, 2048, 1024, 1024},
+      {"forward float32 4x1024x1024", Use::kForward, at::kFloat, 4, 1024, 1024},
+      {"forward bfloat16", Use::kForward, at::kBFloat16, 2048, 1024, 1024},
+      {"grad_input float32", Use::kGradInput, at::kFloat, 2048, 1024, 1024},
+      {"grad_weight float32", Use::kGradWeight, at::kFloat, 1024, 1024, 2048},
+      {"gradients bfloat16", Use::kGradInput, at::kBFloat16, 2048, 1024, 1024},
+  };
+  const char* sep = ": ";
+  for (const Probe& p : probes) {
+    s << sep << p.what << " " << name(choose(p.use, p.dtype, p.m, p.n, p.k));
+    sep = ", ";
+  }
+  return s.str();
+}
+
+}  // namespace torch_relu_ext::cpu::gemm

@@ -1,0 +1,177 @@
+"""The CPU matrix product of fused_linear_relu (csrc/cpu/gemm): every backend
+against the float64 reference, its choice, and its setting's errors.
+
+Each backend is forced in this process with _C.set_cpu_gemm (the same values
+as TORCH_RELU_EXT_CPU_GEMM); a backend that cannot run a product (dtype, CPU)
+gives way to the auto choice, which _C.cpu_gemm_backend reports."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import child_env
+from test_fused_linear_relu import check_forward_and_grads, make_input, nan_inf_case
+
+from torch_relu_ext import _C
+
+ops = torch.ops.relu_ext
+BACKENDS = ["own", "onednn", "aten"]
+DNAME = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    _C.set_cpu_gemm(request.param)
+    yield request.param
+    _C.set_cpu_gemm("auto")
+
+
+def runs(backend, dtype, m=64, n=64, k=64):
+    """Whether the forced backend really runs this product (else the auto choice does)."""
+    return _C.cpu_gemm_backend("forward", DNAME[dtype], m, n, k) == backend
+
+
+# Rows 1-16 (serving batches), the own kernel's tile edges (8 rows, 48/32/16
+# columns, 256-deep reduction blocks), and shapes where oneDNN's ReLU post-op
+# route is taken (many rows and columns, short reductions: see gemm.cpp).
+SHAPES = [
+    ((1,), 7, 5),
+    ((2,), 33, 17),
+    ((3,), 64, 64),
+    ((7,), 13, 49),
+    ((8,), 5, 8),
+    ((9,), 257, 20),
+    ((15,), 16, 97),
+    ((16,), 300, 3100),
+    ((2, 17), 40, 200),
+    ((130,), 4, 130),
+    ((256,), 13, 512),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("lead,in_f,out_f", SHAPES, ids=str)
+def test_every_backend_matches_float64(backend, dtype, lead, in_f, out_f):
+    torch.manual_seed(in_f * 31 + out_f)
+    x = make_input(lead, in_f, dtype)
+    w = (torch.randn(out_f, in_f) / in_f**0.5).to(dtype)
+    b = torch.randn(out_f, dtype=dtype)
+    check_forward_and_grads(x, w, b)
+    check_forward_and_grads(x, w, None)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_backend_odd_strides(backend, dtype, layout):
+    torch.manual_seed(1)
+    for lead, in_f, out_f in [((5,), 9, 50), ((64,), 8, 96)]:
+        x = make_input(lead, in_f, dtype, layout)
+        w = (torch.randn(in_f, out_f) / in_f**0.5).to(dtype).T  # a transposed weight
+        check_forward_and_grads(x, w, torch.randn(out_f, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows,in_f,out_f", [(16, 8, 6), (40, 20, 50), (96, 4, 200)])
+def test_every_backend_nan_inf_signed_zero(backend, dtype, rows, in_f, out_f):
+    nan_inf_case(dtype, rows=rows, in_f=in_f, out_f=out_f)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_every_backend_keeps_nan_from_overflow(backend, dtype):
+    """Finite inputs whose products overflow: a backend's accumulation may
+    meet +Inf and -Inf (oneDNN's bfloat16 kernels do here) and make NaN.
+    oneDNN's ReLU post-op would turn that NaN into 0 (and its mask bit into
+    0), so its route must not be taken: the output keeps exactly the NaNs of
+    the backend's bare product, and their mask bits are set."""
+    rows, in_f, out_f = 256, 64, 256
+    x = torch.full((rows, in_f), 3e38, dtype=dtype)
+    w = torch.ones(out_f, in_f, dtype=dtype)
+    w[3] = torch.tensor([10.0, -10.0] * (in_f // 2))
+    w[5, : in_f // 2], w[5, in_f // 2 :] = 10.0, -10.0
+    out, mask = ops.fused_linear_relu_forward(x, w, None)
+    ran = {use: _C.cpu_gemm_backend(use, DNAME[dtype], rows, out_f, in_f) for use in ("forward", "forward_masked")}
+    bare = {"onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), "aten": lambda: x @ w.T}
+    if ran["forward_masked"] in bare:
+        assert torch.equal(out.isnan(), bare[ran["forward_masked"]]().isnan())
+    if ran["forward"] in bare:
+        assert torch.equal(ops.fused_linear_relu(x, w, None).isnan(), bare[ran["forward"]]().isnan())
+    assert ops.relu_mask_unpack(mask, [rows, out_f])[out.isnan()].all()
+    assert (out[~out.isnan()] >= 0).all()
+
+
+def test_empty_and_one_dimensional(backend):
+    for dtype in (torch.float32, torch.bfloat16):
+        check_forward_and_grads(torch.randn(0, 4, dtype=dtype), torch.randn(3, 4, dtype=dtype), None)
+        check_forward_and_grads(torch.randn(6, 0, dtype=dtype), torch.randn(3, 0, dtype=dtype), torch.randn(3, dtype=dtype))
+        x, w = torch.randn(9, dtype=dtype), torch.randn(40, 9, dtype=dtype)
+        check_forward_and_grads(x, w, torch.randn(40, dtype=dtype))
+
+
+def test_forced_backend_runs_where_it_can(backend):
+    # float64 is ATen's only; float32 runs on every backend where built.
+    assert runs("aten", torch.float64) or _C.cpu_gemm_backend("forward", "float64", 64, 64, 64) == "aten"
+    if backend == "aten":
+        assert runs("aten", torch.float32) and runs("aten", torch.bfloat16)
+    if backend == "onednn" and torch.backends.mkldnn.is_available():
+        assert runs("onednn", torch.float32)
+    if backend == "own" and _C.cpu_isa() == "avx512":
+        assert runs("own", torch.float32) and _C.cpu_gemm_backend("grad_weight", "float32", 8, 8, 8) == "own"
+    # Empty reductions are ATen's whatever the setting.
+    assert _C.cpu_gemm_backend("forward", "float32", 4, 4, 0) == "aten"
+    assert _C.cpu_gemm().startswith(backend + ": forward float32")
+
+
+def test_auto_choice_is_reported():
+    desc = _C.cpu_gemm()
+    assert desc.startswith("auto: forward float32 2048x1024x1024 ")
+    for use in ("forward", "forward_masked", "grad_input", "grad_weight"):
+        for dname in DNAME.values():
+            assert _C.cpu_gemm_backend(use, dname, 2048, 1024, 1024) in BACKENDS
+    assert _C.cpu_gemm_backend("forward", "float64", 2048, 1024, 1024) == "aten"
+    with pytest.raises(ValueError, match="use must be"):
+        _C.cpu_gemm_backend("sideways", "float32", 1, 1, 1)
+
+
+def test_setting_rejects_bad_values():
+    for bad in ("mkl", "OWN", "onednn ", "1"):
+        with pytest.raises(ValueError, match=f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten'.*got '{bad}'"):
+            _C.set_cpu_gemm(bad)
+    assert _C.cpu_gemm().startswith("auto:")  # unchanged by the failed calls
+
+
+@pytest.mark.parametrize("bad", ["blas", "oneDNN"])
+def test_environment_variable_bad_value_is_a_clear_error(bad):
+    code = "import torch, torch_relu_ext; torch_relu_ext.fused_linear_relu(torch.ones(2, 3), torch.ones(4, 3))"
+    env = child_env(TORCH_RELU_EXT_CPU_GEMM=bad)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert (
+        f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten' (the CPU matrix product of fused_linear_relu), got '{bad}'"
+        in proc.stderr
+    )
+
+
+def test_own_results_do_not_depend_on_thread_count():
+    """Our kernels reduce every element in the same order whatever the
+    thread split (the forward epilogue and the masks too): bitwise equal on
+    1, 2 and 7 threads. Other backends: see docs/cpu_gemm.md."""
+    if _C.cpu_isa() != "avx512":
+        pytest.skip("our kernels need the AVX-512 loops")
+    torch.manual_seed(2)
+    x, w, b = torch.randn(300, 70), torch.randn(130, 70), torch.randn(130)
+    g = torch.randn(300, 130)
+    threads = torch.get_num_threads()
+    _C.set_cpu_gemm("own")
+    try:
+        res = []
+        for n in (1, 2, 7):
+            torch.set_num_threads(n)
+            out, mask = ops.fused_linear_relu_forward(x, w, b)
+            res.append((out, mask, ops.fused_linear_relu(x, w, b), *ops.fused_linear_relu_backward(g, x, w, mask, [True] * 3)))
+    finally:
+        torch.set_num_threads(threads)
+        _C.set_cpu_gemm("auto")
+    for other in res[1:]:
+        for a, e in zip(res[0], other):
+            assert torch.equal(a, e)
