@@ -68,7 +68,11 @@ def main():
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")
     print(f"build: CUDA kernels {'compiled' if cuda_built else 'not compiled (CPU-only build)'}")
     print(f"CPU loops: {_C.cpu_isa()} (ATen CPU capability: {torch.backends.cpu.get_cpu_capability()})")
-    print(f"CPU matrix product: {_C.cpu_gemm()} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|aten)")
+    try:
+        print(f"CPU matrix product: {_C.cpu_gemm()} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|aten)")
+    except RuntimeError as e:  # a bad TORCH_RELU_EXT_CPU_GEMM: say it in one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print()
     print(kernel_table())
     print()

@@ -100,7 +100,9 @@ class compress_relu_activations(torch.autograd.graph.saved_tensors_hooks):
 
     Gradients are bitwise those of the same code without the context. If a
     compressed tensor is modified in place after it was saved, backward
-    raises the same kind of error autograd raises without the context.
+    raises the same kind of error autograd raises without the context, as
+    long as the tensor still exists (docs/compress.md: after it is deleted,
+    backward uses the values saved at pack time).
 
     Example::
 

@@ -10,7 +10,9 @@ __all__ = ["saved_tensor_bytes"]
 def saved_tensor_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) -> int:
     """Bytes of the distinct storages autograd saves for backward while running
     ``fn()`` (measured with saved_tensors_hooks), leaving out the storages of
-    ``exclude`` (typically the parameters: they exist anyway).
+    ``exclude`` (typically the parameters: they exist anyway). Inside
+    ``compress_relu_activations()`` it sees only what that context passes on,
+    not the packed tensors: use the context's ``stats`` there.
 
     Example::
 
