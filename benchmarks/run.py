@@ -323,6 +323,10 @@ def table(rows, use_compile):
             f"{vs('fb_eager', 'fb_ours')} | {vs('fb_compile', 'fb_ours')} | {vs('fb_autotune', 'fb_ours')} | "
             f"{r['saved_eager'] / max(r['saved_ours'], 1):.2f}x |"
         )
+    if not any(r["op"] == "fused_linear_relu" for r in rows):
+        lines = []
+    if not any(r["op"] == "dead_prelu" for r in rows):
+        return "\n".join(lines)
     lines += [
         "",
         "| dead_prelu | fwd / clone | fwd speedup vs eager prelu+count | fwd speedup vs compile | bwd speedup vs eager |",
@@ -405,13 +409,16 @@ def main():
     ap.add_argument("--autotune", action="store_true", help="add torch.compile max-autotune (slow to compile)")
     ap.add_argument("--dtypes", default="float32,bfloat16", help="fused_linear_relu dtypes (dead_prelu: float32)")
     ap.add_argument("--linear-only", action="store_true", help="skip dead_prelu")
+    ap.add_argument("--prelu-only", action="store_true", help="skip fused_linear_relu")
     ap.add_argument("--budget", type=float, default=None, help="seconds per competitor per shape")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = args.device
     use_compile = not args.no_compile
-    linear = LINEAR_QUICK if args.quick else list(dict.fromkeys(LINEAR_SERVING + LINEAR_FULL + LINEAR_DLRM))
+    linear = (
+        [] if args.prelu_only else LINEAR_QUICK if args.quick else list(dict.fromkeys(LINEAR_SERVING + LINEAR_FULL + LINEAR_DLRM))
+    )
     prelu = [] if args.linear_only else PRELU_QUICK if args.quick else PRELU_FULL
     dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
     budget = args.budget if args.budget is not None else 0.4 if args.quick else 1.5
@@ -426,7 +433,7 @@ def main():
     date = datetime.date.today().isoformat()
     header = (
         f"{'quick' if args.quick else 'full'} run, {date}; {hw}; {args.threads} threads; "
-        f"torch {torch.__version__}; {args.dtypes}; medians of >= 5 repetitions (rotating 3 input sets), "
+        f"torch {torch.__version__}; {'float32' if args.prelu_only else args.dtypes}; medians of >= 5 repetitions (rotating 3 input sets), "
         f"{budget} s per competitor per shape; "
         f"CPU loops {torch_relu_ext._C.cpu_isa()}, CPU matrix product {torch_relu_ext._C.cpu_gemm()}; "
         "competitors interleaved per round; glibc malloc pinned " + " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
@@ -434,7 +441,8 @@ def main():
     text = f"# torch-relu-ext benchmark ({device})\n\n{header}\n\n{table(rows, use_compile)}\n"
     print(text)
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"{device}-{'quick' if args.quick else 'full'}{'-linear' if args.linear_only else ''}")
+    part = "-linear" if args.linear_only else "-prelu" if args.prelu_only else ""
+    stem = os.path.join(args.out, f"{device}-{'quick' if args.quick else 'full'}{part}")
     with open(stem + ".md", "w") as f:
         f.write(text)
     with open(stem + ".json", "w") as f:
