@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -462,6 +463,12 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
   return c;
 }
 
+// Whether every element is finite (dense tensors are read in memory order).
+bool all_finite(const Tensor& t) {
+  if (t.is_non_overlapping_and_dense()) return max_abs(t) < std::numeric_limits<float>::infinity();
+  return t.isfinite().all().item<bool>();
+}
+
 }  // namespace
 
 const char* name(Backend backend) {
@@ -493,6 +500,10 @@ Tensor mm(Backend backend, const Tensor& a, const Tensor& b, Tensor c, bool accu
     case Backend::kOwn:
       return own_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kOneDNN:
+      // oneDNN's AMX 16-bit kernels put NaN into finite rows that share a
+      // tile with a row holding Inf (docs/cpu_gemm.md): non-finite 16-bit
+      // inputs take ATen's product, as eager's F.linear does.
+      if (a.element_size() == 2 && !(all_finite(a) && all_finite(b))) break;
       return onednn_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kATen:
       break;
