@@ -19,7 +19,6 @@ with and without the context, interleaved in one process, median of many.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import torch_relu_ext  # noqa: E402
+from benchmarks.run import cpu_model  # noqa: E402
 
 WIDTH, LAYERS = 1024, 4
 SHIFTS = [0.0, -0.5, -1.5]
@@ -178,17 +178,6 @@ def timing(batches, dtypes, budget_s):
             )
             print(f"  time {rows[-1]['dtype']} batch {batch}: ratio {rows[-1]['ratio']:.3f}", file=sys.stderr)
     return rows
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def markdown(meta, mem, tim):
