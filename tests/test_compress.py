@@ -23,6 +23,18 @@ def assert_bitwise(a, b):
     assert torch.equal(bits_of(a), bits_of(b))
 
 
+def assert_same_grads_with_context(f, params):
+    """Gradients of f() with and without compress_relu_activations() are
+    bitwise equal; returns the context's stats."""
+    ref = torch.autograd.grad(f(), params)
+    ctx = compress_relu_activations()
+    with ctx:
+        loss = f()
+    for a, b in zip(ref, torch.autograd.grad(loss, params)):
+        assert_bitwise(a, b)
+    return ctx.stats
+
+
 # ---------------------------------------------------------------- kernels
 
 
@@ -189,13 +201,7 @@ def test_no_zero_outputs_saved_as_usual(dtype):
     def f():
         return (fused_linear_relu(x, w, b) @ w2.t()).square().sum()
 
-    ref = torch.autograd.grad(f(), [w, w2])
-    ctx = compress_relu_activations()
-    with ctx:
-        loss = f()
-    for a, b in zip(ref, torch.autograd.grad(loss, [w, w2])):
-        assert_bitwise(a, b)
-    assert ctx.stats["compressed"] == 0
+    assert assert_same_grads_with_context(f, [w, w2])["compressed"] == 0
 
 
 def test_empty_batch():
@@ -233,13 +239,7 @@ def test_partial_views_saved_as_usual(view):
         v = view(fused_linear_relu(x, w))
         return (v.reshape(-1, 6) @ w2).square().sum()
 
-    ref = torch.autograd.grad(f(), [w, w2])
-    ctx = compress_relu_activations()
-    with ctx:
-        loss = f()
-    for a, b in zip(ref, torch.autograd.grad(loss, [w, w2])):
-        assert_bitwise(a, b)
-    assert ctx.stats["compressed"] == 0
+    assert assert_same_grads_with_context(f, [w, w2])["compressed"] == 0
 
 
 def test_dtype_change_saved_as_usual():
@@ -250,13 +250,7 @@ def test_dtype_change_saved_as_usual():
     def f():
         return (fused_linear_relu(x, w).double() @ w2.t()).square().sum()
 
-    ref = torch.autograd.grad(f(), [w, w2])
-    ctx = compress_relu_activations()
-    with ctx:
-        loss = f()
-    for a, b in zip(ref, torch.autograd.grad(loss, [w, w2])):
-        assert_bitwise(a, b)
-    assert ctx.stats["compressed"] == 0
+    assert assert_same_grads_with_context(f, [w, w2])["compressed"] == 0
 
 
 def test_inplace_before_save_falls_back():
@@ -270,14 +264,7 @@ def test_inplace_before_save_falls_back():
             h.mul_(3)  # version 1: not what the operator returned any more
         return (h @ w2.t()).sum()
 
-    ref = torch.autograd.grad(f(), [w, w2])
-    ctx = compress_relu_activations()
-    with ctx:
-        loss = f()
-    got = torch.autograd.grad(loss, [w, w2])
-    for a, b in zip(ref, got):
-        assert_bitwise(a, b)
-    assert ctx.stats["compressed"] == 0
+    assert assert_same_grads_with_context(f, [w, w2])["compressed"] == 0
 
 
 @pytest.mark.parametrize("grad_mode", [False, True])
