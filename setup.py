@@ -56,7 +56,7 @@ HEADERS = rel("csrc/**/*.h") + rel("csrc/**/*.cuh") + rel("include/**/*.h")
 # -fno-trapping-math lets GCC turn the kernels' selects (x > 0 ? x : w * x)
 # into vector blends; nothing here relies on floating-point traps.
 # -ffp-contract=off: no fused multiply-adds the source did not write, so the
-# loops built for each instruction set (csrc/cpu/loops.h) give bitwise the
+# loops built for each instruction set (csrc/cpu/dispatch.h) give bitwise the
 # same results.
 # -fopenmp: at::parallel_for is an inline OpenMP loop in ATen's headers
 # (torch's wheels use the OpenMP backend): without it every kernel runs on

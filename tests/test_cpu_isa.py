@@ -1,4 +1,4 @@
-"""The CPU loops are compiled for several x86 instruction sets (csrc/cpu/loops.h)
+"""The CPU loops are compiled for several x86 instruction sets (csrc/cpu/dispatch.h)
 and chosen at run time, following ATEN_CPU_CAPABILITY. Every build must give
 bitwise the same results: each one this CPU can run computes the same cases in
 its own process, and the outputs are compared bit for bit (matrix products

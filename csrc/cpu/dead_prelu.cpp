@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../checks.h"
-#include "loops.h"
+#include "dead_prelu_kernel.h"
 
 namespace torch_relu_ext::cpu {
 namespace {
@@ -49,7 +49,7 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_cpu", [&] {
-        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
+        const DeadPreluKernel<scalar_t>& k = dead_prelu_kernels().get<scalar_t>();
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         scalar_t* y_p = out.data_ptr<scalar_t>();
         const scalar_t* w_p = w.data_ptr<scalar_t>();
@@ -57,8 +57,7 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
         // Units split into chunks: rows for the rows path, elements otherwise.
         const int64_t units = rows_path ? l.A : numel;
         // Counts are integers, exact in any order: one chunk per thread
-        // (more chunks only cost partial buffers to clear and add up: with
-        // 64 chunks of 512 channels that was a quarter of the time on 8 MiB).
+        // (more chunks only cost partial buffers to clear and add up).
         const int64_t nchunks = std::min<int64_t>(chunk_count(units, rows_path ? l.C : 1),
                                                   std::max(1, at::get_num_threads()));
         const int64_t per = (units + nchunks - 1) / nchunks;
@@ -73,10 +72,9 @@ std::tuple<Tensor, Tensor> dead_prelu_cpu(const Tensor& input, const Tensor& wei
             if (u0 >= u1) continue;
             int64_t* cnt = nchunks > 1 ? partial.data() + c * l.C : counts_p;
             if (rows_path) {
-              loops_t.prelu_forward_rows(x_p + u0 * l.C, y_p + u0 * l.C, w_p, w_scalar, u1 - u0,
-                                         l.C, cnt);
+              k.forward_rows(x_p + u0 * l.C, y_p + u0 * l.C, w_p, w_scalar, u1 - u0, l.C, cnt);
             } else {
-              loops_t.prelu_forward_flat(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
+              k.forward_flat(x_p, y_p, w_p, w_scalar, u0, u1, l.C, l.B, cnt);
             }
           }
         });
@@ -107,7 +105,7 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(const Tensor& grad_output, co
 
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, l.x.scalar_type(), "dead_prelu_backward_cpu", [&] {
-        const Loops<scalar_t>& loops_t = loops().get<scalar_t>();
+        const DeadPreluKernel<scalar_t>& k = dead_prelu_kernels().get<scalar_t>();
         const scalar_t* x_p = l.x.data_ptr<scalar_t>();
         const scalar_t* g_p = g.data_ptr<scalar_t>();
         const scalar_t* w_p = w.data_ptr<scalar_t>();
@@ -125,10 +123,10 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_cpu(const Tensor& grad_output, co
               if (u0 >= u1) continue;
               double* gw = output_mask[1] ? partial.data() + c * l.C : nullptr;
               if (rows_path) {
-                loops_t.prelu_backward_rows(x_p + u0 * l.C, g_p + u0 * l.C, w_p, w_scalar, u1 - u0,
-                                            l.C, gi_p ? gi_p + u0 * l.C : nullptr, gw);
+                k.backward_rows(x_p + u0 * l.C, g_p + u0 * l.C, w_p, w_scalar, u1 - u0, l.C,
+                                gi_p ? gi_p + u0 * l.C : nullptr, gw);
               } else {
-                loops_t.prelu_backward_flat(x_p, g_p, w_p, w_scalar, u0, u1, l.C, l.B, gi_p, gw);
+                k.backward_flat(x_p, g_p, w_p, w_scalar, u0, u1, l.C, l.B, gi_p, gw);
               }
             }
           });

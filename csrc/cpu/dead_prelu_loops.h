@@ -17,7 +17,8 @@
 #include <vector>
 
 #include "../core/relu_math.h"
-#include "loops_isa.h"
+#include "dead_prelu_kernel.h"
+#include "isa_build.h"
 
 #if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
 #include <immintrin.h>
@@ -53,8 +54,7 @@ struct VecOf<double> {
 
 // Rows of C channels side by side (B == 1: 2-D inputs, channels-last), read
 // and written strictly in memory order: that is what keeps a memory-bound
-// pass at copy speed (measured on 64 MiB: walking several rows at once, or
-// one vector of channels down the rows, was 1.3-2x slower than this).
+// pass at copy speed (the alternatives tried: docs/performance.md).
 // C up to kMaxRegVectors vectors (and a whole number of them): every counter
 // stays in a register (rows_regs). A whole number of vectors in rows of up to
 // kMaxGroupedRowBytes: the same, in groups of kMaxRegVectors vectors over
@@ -141,10 +141,8 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows_generic(const T* __restrict x, T* __
 #if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
 // AVX-512 build, float rows of C = 32 * NU channels (160..512): in memory
 // order with every counter in a register, as 16-bit lanes (two vectors of
-// channels per counter register), flushed every kI16Flush rows. Measured on
-// 8x256x28x28 channels-last, 3 rotating inputs: 1.5x a copy's time with
-// groups of channels (prelu_forward_rows_nt over chunks), 1.7-2.3x with the
-// counter array.
+// channels per counter register), flushed every kI16Flush rows; faster
+// than groups of channels or the counter array (docs/performance.md).
 constexpr int64_t kI16Flush = 32767;
 
 template <int NU>
@@ -212,8 +210,8 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows_nt(int64_t nt, const Acc* x, Acc* y,
 // Rows up to which the register paths run (the weights are copied to a stack
 // array): up to half a page, so every group of channels walks a chunk of
 // rows within few pages. With 4 KiB rows (1024 floats) every row of a group
-// is another page, the prefetchers restart at each, and the array path was
-// faster (measured: 1.06x vs 1.25x a copy's time on 32 MiB).
+// is another page, the prefetchers restart at each, and the array path is
+// faster (docs/performance.md).
 constexpr int64_t kMaxGroupedRowBytes = 2048;
 
 template <typename T, typename Acc>
@@ -241,9 +239,7 @@ RELU_EXT_CPU_TARGET void prelu_forward_rows(const T* __restrict x, T* __restrict
 #endif
       // Wider rows: groups of kMaxRegVectors vectors of channels, each over a
       // chunk of rows (~1 MiB, so the next group finds it in L2), counters
-      // in registers throughout. Chunks measured on 4096x512 and 8x256x28x28
-      // channels-last (2 threads, times of a copy): 16 KiB 1.4-1.9x, 64 KiB
-      // 1.2-1.4x, 256 KiB 1.2-1.3x, 1 MiB 1.14-1.3x (array path: 1.5x).
+      // in registers throughout (chunk size: docs/performance.md).
       const int64_t chunk =
           std::max<int64_t>(1, (int64_t{1024} << 10) / (C * int64_t{sizeof(Acc)}));
       for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
@@ -375,4 +371,14 @@ RELU_EXT_CPU_TARGET void prelu_backward_flat(const T* x, const T* g, const T* w,
   }
 }
 
+// This build's kernel table for dtype T.
+template <typename T>
+constexpr DeadPreluKernel<T> make_dead_prelu_kernel() {
+  using Acc = acc_t<T>;
+  return {&prelu_forward_rows<T, Acc>, &prelu_forward_flat<T, Acc>,
+          &prelu_backward_rows<T, Acc, double>, &prelu_backward_flat<T, Acc, double>};
+}
+
 }  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA
+
+RELU_EXT_CPU_REGISTER_KERNELS(DeadPreluKernel, dead_prelu_kernels, make_dead_prelu_kernel)

@@ -13,8 +13,8 @@
 
 #include "../checks.h"
 #include "../core/relu_mask.h"
+#include "fused_linear_relu_kernel.h"
 #include "gemm/gemm.h"
-#include "loops.h"
 
 namespace torch_relu_ext::cpu {
 namespace {
@@ -125,7 +125,7 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_cpu(const Tensor& 
           partial.assign(kBiasChunks * out_f, 0.0);
           total.assign(out_f, 0.0);
         }
-        const auto mask_grad = loops().get<scalar_t>().mask_grad;
+        const auto mask_grad = fused_linear_relu_kernels().get<scalar_t>().mask_grad;
         const scalar_t* g_p = g.data_ptr<scalar_t>();
         scalar_t* gm_p = want_gm ? gm.data_ptr<scalar_t>() : nullptr;
         const uint8_t* m_p = m.data_ptr<uint8_t>();

@@ -1,6 +1,6 @@
 // CPU inner loops of fused_linear_relu, free of ATen: they see raw pointers to
 // contiguous row blocks, so they compile fast and are built once per
-// instruction set (see loops_impl.h).
+// instruction set (isa_build.h); their table is fused_linear_relu_kernel.h.
 #pragma once
 
 #include <algorithm>
@@ -11,7 +11,8 @@
 
 #include "../core/relu_mask.h"
 #include "../core/relu_math.h"
-#include "loops_isa.h"
+#include "fused_linear_relu_kernel.h"
+#include "isa_build.h"
 
 namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
 
@@ -213,4 +214,20 @@ RELU_EXT_CPU_TARGET void mask_grad_block(const T* grad, T* grad_masked, const ui
   }
 }
 
+// This build's kernel table for dtype T.
+template <typename T>
+constexpr FusedLinearReluKernel<T> make_fused_linear_relu_kernel() {
+  using Acc = acc_t<T>;
+  return {&bias_relu_mask_block<T, Acc, false>,
+          &bias_relu_mask_block<T, Acc, true>,
+          &relu_bits_block<T, false>,
+          &relu_bits_block<T, true>,
+          &positive_mask_block<T>,
+          &max_abs_block<T>,
+          &mask_grad_block<T, double>};
+}
+
 }  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA
+
+RELU_EXT_CPU_REGISTER_KERNELS(FusedLinearReluKernel, fused_linear_relu_kernels,
+                              make_fused_linear_relu_kernel)

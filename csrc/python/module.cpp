@@ -10,11 +10,11 @@
 #include <string>
 
 #include "../core/relu_mask.h"
+#include "../cpu/dispatch.h"
 #include "../cpu/gemm/gemm.h"
-#include "../cpu/loops.h"
 
 static PyObject* cpu_isa(PyObject* /*self*/, PyObject* /*args*/) {
-  return PyUnicode_FromString(torch_relu_ext::cpu::loops().isa);
+  return PyUnicode_FromString(torch_relu_ext::cpu::isa_name(torch_relu_ext::cpu::cpu_isa()));
 }
 
 // Errors (a bad TORCH_RELU_EXT_CPU_GEMM) become Python RuntimeErrors.

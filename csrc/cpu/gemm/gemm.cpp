@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "../../core/relu_mask.h"
-#include "../loops.h"
+#include "../fused_linear_relu_kernel.h"
 #include "sgemm.h"
 
 namespace torch_relu_ext::cpu::gemm {
@@ -61,10 +61,9 @@ Mode mode() {
 }
 
 // Our AVX-512 kernels, where the AVX-512 loop tables run (ATen's capability,
-// checked against the CPU: see loops.h); else null.
+// checked against the CPU: see dispatch.h); else null.
 const sgemm::Kernels* own_kernels() {
-  static const sgemm::Kernels* k =
-      std::strcmp(loops().isa, "avx512") == 0 ? sgemm::avx512() : nullptr;
+  static const sgemm::Kernels* k = cpu_isa() == Isa::kAvx512 ? sgemm::avx512() : nullptr;
   return k;
 }
 
@@ -310,7 +309,7 @@ Tensor own_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const
 void relu_pass(const Tensor& in, const Tensor& out, const Tensor& bias, uint8_t* mask, int64_t r0) {
   const int64_t rows = in.size(0), n = in.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.scalar_type(), "relu_pass", [&] {
-    const Loops<scalar_t>& lt = loops().get<scalar_t>();
+    const FusedLinearReluKernel<scalar_t>& lt = fused_linear_relu_kernels().get<scalar_t>();
     const auto fn = mask != nullptr ? lt.bias_relu_mask : lt.bias_relu;
     const auto fn_bits = mask != nullptr ? lt.relu_mask : lt.relu;
     const scalar_t* in_p = in.data_ptr<scalar_t>();
@@ -379,7 +378,7 @@ Tensor onednn_linear(const Tensor& a, const Tensor& w, const Tensor& bias, const
 float max_abs(const Tensor& t) {
   float result = 0.0f;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "max_abs", [&] {
-    const auto fn = loops().get<scalar_t>().max_abs;
+    const auto fn = fused_linear_relu_kernels().get<scalar_t>().max_abs;
     const scalar_t* p = t.const_data_ptr<scalar_t>();
     const int64_t n = t.numel();
     constexpr int64_t kChunk = 1 << 16;
@@ -436,7 +435,7 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
     Tensor t = onednn_linear(a, w, bias, "relu");
     if (ep->mask != nullptr) {
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
-        const auto fn = loops().get<scalar_t>().positive_mask;
+        const auto fn = fused_linear_relu_kernels().get<scalar_t>().positive_mask;
         const scalar_t* p = t.const_data_ptr<scalar_t>();
         const int64_t total = m * n;
         constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)

@@ -1,16 +1,14 @@
-// Run-time choice of the CPU loop tables (see loops.h).
-#include "loops.h"
+// Run-time choice of the CPU loops' instruction set (see dispatch.h).
+#include "dispatch.h"
 
 #include <ATen/Version.h>
-#include <c10/util/Exception.h>
 
-#include <cstdlib>
 #include <string>
 
 namespace torch_relu_ext::cpu {
 namespace {
 
-const LoopTables& choose() {
+Isa choose() {
   // ATen's capability: the best this CPU supports, or lower when the user
   // set ATEN_CPU_CAPABILITY. Our loops follow it (and check the CPU again:
   // the variable is not validated everywhere).
@@ -22,17 +20,28 @@ const LoopTables& choose() {
   const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
                       __builtin_cpu_supports("avx512vl");
-  if (cap == "AVX512" && avx512) return *loops_avx512();
-  if ((cap == "AVX512" || cap == "AVX2") && avx2) return *loops_avx2();
+  if (cap == "AVX512" && avx512) return Isa::kAvx512;
+  if ((cap == "AVX512" || cap == "AVX2") && avx2) return Isa::kAvx2;
 #endif
-  return *loops_default();
+  return Isa::kDefault;
 }
 
 }  // namespace
 
-const LoopTables& loops() {
-  static const LoopTables& t = choose();
-  return t;
+Isa cpu_isa() {
+  static const Isa isa = choose();
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "default";
+  }
 }
 
 }  // namespace torch_relu_ext::cpu
