@@ -397,6 +397,33 @@ def test_dead_stats_update_op():
         ops.dead_stats_update_(ema, nbt, torch.tensor([1, 1]), 4, 1.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_dead_stats_update_is_the_one_ema_step(dtype):
+    """The CPU kernel of dead_stats_update_, its Functionalize kernel and the
+    modules' abs-mean update all follow _registry.ema_update_ (the ATen ops the
+    composite kernel runs), bitwise, for every buffer dtype."""
+    from torch_relu_ext._registry import ema_update_
+
+    g = torch.Generator().manual_seed(3)
+    for elements, momentum in [(4, 0.1), (1000003, 0.01), (7, 1.0), (2**40 + 1, 0.37)]:
+        ema = torch.rand(257, generator=g, dtype=torch.float64).to(dtype)
+        counts = torch.randint(0, min(elements, 2**31) + 1, (257,), generator=g)
+        for tracked in (0, 5):
+            want, nbt_want = ema.clone(), torch.tensor(tracked)
+            ema_update_(want, counts.to(dtype) / elements, nbt_want, momentum)
+            got, nbt = ema.clone(), torch.tensor(tracked)
+            ops.dead_stats_update_(got, nbt, counts, elements, momentum)
+            assert torch.equal(got, want) and int(nbt) == tracked + 1, (elements, momentum, tracked)
+
+            def step(e, n, c):
+                e, n = e.clone(), n.clone()
+                ops.dead_stats_update_(e, n, c, elements, momentum)
+                return e, n
+
+            fe, fn = torch.func.functionalize(step)(ema, torch.tensor(tracked), counts)
+            assert torch.equal(fe, want) and int(fn) == tracked + 1
+
+
 def test_revive_follows_the_traced_forward_not_the_container():
     """A Sequential used as a container by a custom forward: its next slot is
     not the layer's consumer."""

@@ -4,11 +4,13 @@ statistics step), for torch.export, torch.compile and torch.func.functionalize.
 Without a Functionalize kernel the mutating op reaches graphs wrapped in the
 auto_functionalized higher-order op, which the ONNX exporter cannot translate
 (training-mode models failed in torch.onnx.export). This kernel writes the
-step in out-of-place ATen ops plus the copies back into the buffers, the same
-math as csrc/composite/dead_stats.cpp.
+step as _registry.ema_update_ (the one definition of the update) plus the
+copies back into the buffers.
 """
 
 import torch
+
+from ._registry import ema_update_
 
 _lib = torch.library.Library("relu_ext", "IMPL")
 _OP = "relu_ext::dead_stats_update_"
@@ -24,8 +26,7 @@ def _dead_stats_update_functionalize(ema, num_batches_tracked, counts, elements,
         num_batches_tracked.numel() == 1,
         lambda: f"{_OP}: expected argument 'num_batches_tracked' to have one element, but got {num_batches_tracked.numel()}",
     )
-    frac = counts.to(ema.dtype) / elements
-    ema.copy_(torch.where(num_batches_tracked == 0, frac, ema * (1.0 - momentum) + frac * momentum))
+    ema_update_(ema, counts.to(ema.dtype) / elements, num_batches_tracked, momentum)
     num_batches_tracked.add_(1)
 
 

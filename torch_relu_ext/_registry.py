@@ -1,7 +1,10 @@
 """Facts about the relu_ext operators that the Python side needs, each written
 once: the operator list (read from the dispatcher, so it cannot fall behind
-the schemas in csrc/ops.cpp) and the packed mask's size (the formula of
-csrc/core/relu_mask.h; tests/test_mask_layout.py checks that they agree)."""
+the schemas in csrc/ops.cpp), the packed mask's size (the formula of
+csrc/core/relu_mask.h; tests/test_mask_layout.py checks that they agree) and
+the statistics' moving-average step (the CPU kernel of dead_stats_update_
+reproduces it bitwise, the composite kernel is the same ATen ops in C++;
+tests/test_dead_stats.py checks them)."""
 
 import torch
 
@@ -13,6 +16,15 @@ def operators():
     with the dispatcher, sorted."""
     prefix = NAMESPACE + "::"
     return sorted(n[len(prefix) :] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix))
+
+
+def ema_update_(ema: torch.Tensor, value: torch.Tensor, num_batches_tracked: torch.Tensor, momentum: float) -> None:
+    """The statistics' moving-average step, in place: ``ema = value`` on the
+    first tracked batch, else ``ema * (1 - momentum) + value * momentum``; each
+    op rounds to ``ema``'s dtype. relu_ext::dead_stats_update_ is this step with
+    ``value = counts.to(ema.dtype) / elements``."""
+    value = value.to(ema.dtype)
+    ema.copy_(torch.where(num_batches_tracked == 0, value, ema * (1.0 - momentum) + value * momentum))
 
 
 def mask_padded(device):

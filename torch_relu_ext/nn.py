@@ -22,6 +22,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ._registry import ema_update_
+
 __all__ = ["FusedLinearReLU", "DeadAwarePReLU"]
 
 _STAT_BUFFERS = ("active_ema", "abs_mean_ema", "num_batches_tracked")
@@ -38,12 +40,6 @@ def _under_vmap() -> bool:
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
-
-
-def _ema_(ema: Tensor, value: Tensor, num_batches_tracked: Tensor, momentum: float) -> None:
-    """In place: ema = value on the first tracked batch, else the EMA step."""
-    value = value.to(ema.dtype)
-    ema.copy_(torch.where(num_batches_tracked == 0, value, ema * (1.0 - momentum) + value * momentum))
 
 
 class _DeadStats(nn.Module):
@@ -164,7 +160,7 @@ class FusedLinearReLU(nn.Linear, _DeadStats):
                 counts = torch.ops.relu_ext.relu_mask_count(mask, out)
                 if self.track_dormant:
                     mean_abs = out.detach().reshape(rows, self.out_features).abs().float().mean(0)
-                    _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
+                    ema_update_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
                 torch.ops.relu_ext.dead_stats_update_(self.active_ema, self.num_batches_tracked, counts, rows, self.momentum)
             return out
         return torch.ops.relu_ext.fused_linear_relu(input, self.weight, self.bias)
@@ -229,6 +225,6 @@ class DeadAwarePReLU(nn.PReLU, _DeadStats):
                     mean_abs = a.transpose(0, 1).reshape(channels, -1).mean(1)
                 else:
                     mean_abs = a.mean().reshape(1)
-                _ema_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
+                ema_update_(self.abs_mean_ema, mean_abs, self.num_batches_tracked, self.momentum)
             torch.ops.relu_ext.dead_stats_update_(self.active_ema, self.num_batches_tracked, counts, elements, self.momentum)
         return out

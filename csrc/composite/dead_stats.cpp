@@ -1,5 +1,6 @@
 // relu_ext::dead_stats_update_ for every device without a kernel of its own
-// (CUDA, Meta): a few ATen ops in C++. The CPU has a one-loop kernel in
+// (CUDA, Meta): the ATen ops of torch_relu_ext/_registry.py's ema_update_ (the
+// one definition of the update) in C++. The CPU has a one-loop kernel in
 // csrc/cpu/dead_stats.cpp.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
