@@ -1,11 +1,18 @@
 """Facts about the relu_ext operators that the Python side needs, each written
 once: the operator list (read from the dispatcher, so it cannot fall behind
-the schemas in csrc/ops.cpp) and the packed mask's size (the formula of
-csrc/core/relu_mask.h; tests/test_mask_layout.py checks that they agree)."""
+the schemas in csrc/ops.cpp), which of them are public, and the packed mask's
+size (the formula of csrc/core/relu_mask.h; tests/test_mask_layout.py checks
+that they agree)."""
 
 import torch
 
 NAMESPACE = "relu_ext"
+
+# The stable surface: functional.__all__ and the public section of
+# include/torch_relu_ext/ops.h. Every other operator is internal (autograd,
+# autocast and the modules use them): callable as torch.ops.relu_ext.<name>,
+# in C++ as torch_relu_ext::detail::<name>, with no stability promise.
+PUBLIC = ("fused_linear_relu", "dead_prelu")
 
 
 def operators():
@@ -13,6 +20,11 @@ def operators():
     with the dispatcher, sorted."""
     prefix = NAMESPACE + "::"
     return sorted(n[len(prefix) :] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix))
+
+
+def internal_operators():
+    """Every registered operator that is not public, sorted."""
+    return [op for op in operators() if op not in PUBLIC]
 
 
 def mask_padded(device):
