@@ -1,5 +1,5 @@
-// The one place that declares every relu_ext operator schema, plus the public
-// C++ API (dispatcher calls) and the argument checks every kernel shares.
+// The one place that declares every relu_ext operator schema, plus the C++ API
+// of ops.h (dispatcher calls) and the argument checks every kernel shares.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty_strided.h>
 #include <c10/util/irange.h>
@@ -57,6 +57,14 @@ at::Tensor fused_linear_relu(const at::Tensor& input, const at::Tensor& weight,
   return op.call(input, weight, bias);
 }
 
+std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input, const at::Tensor& weight) {
+  static auto op = op_handle<decltype(dead_prelu)>("relu_ext::dead_prelu");
+  return op.call(input, weight);
+}
+
+// Internal operators (ops.h): the same dispatcher calls, no stability promise.
+namespace detail {
+
 std::tuple<at::Tensor, at::Tensor> fused_linear_relu_forward(
     const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   static auto op =
@@ -83,11 +91,6 @@ at::Tensor relu_mask_count(const at::Tensor& mask, const at::Tensor& output) {
   return op.call(mask, output);
 }
 
-std::tuple<at::Tensor, at::Tensor> dead_prelu(const at::Tensor& input, const at::Tensor& weight) {
-  static auto op = op_handle<decltype(dead_prelu)>("relu_ext::dead_prelu");
-  return op.call(input, weight);
-}
-
 std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(const at::Tensor& grad_output,
                                                        const at::Tensor& input,
                                                        const at::Tensor& weight,
@@ -96,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> dead_prelu_backward(const at::Tensor& grad_ou
   return op.call(grad_output, input, weight, output_mask);
 }
 
-namespace detail {
+// The argument checks every kernel shares (csrc/checks.h).
 namespace {
 
 bool supported_float(at::ScalarType t) {

@@ -430,7 +430,7 @@ def test_backward_blocks_each_selection_bitwise(dtype):
     # thread count: within the rounding bound of their sums (sums of 4100
     # terms cancel, so a relative tolerance on the result would not do).
     assert torch.equal(one[2], full[2])
-    gm = torch.where(RF.relu_mask_unpack(mask, list(out.shape)), g, 0).double().abs()
+    gm = torch.where(ops.relu_mask_unpack(mask, list(out.shape)), g, 0).double().abs()
     magnitude = (gm @ w.double().abs(), gm.T @ x.double().abs())
     for i in range(2):
         assert_within(one[i], full[i], magnitude[i], dtype, f"output {i}")

@@ -7,6 +7,7 @@ import torch
 from helpers import child_env, operators
 
 import torch_relu_ext
+from torch_relu_ext._registry import PUBLIC
 
 
 def test_info_command_runs_and_self_checks():
@@ -20,6 +21,11 @@ def test_info_command_runs_and_self_checks():
     # One row per operator the dispatcher knows.
     rows = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in operators()}
     assert rows == set(operators())
+    # Two groups: the public operators under "public:", the rest under "internal".
+    lines = out.splitlines()
+    start, split = lines.index("public:"), next(i for i, line in enumerate(lines) if line.startswith("internal"))
+    public_rows = {line.split()[0] for line in lines[start + 1 : split]}
+    assert public_rows == set(PUBLIC)
     row = next(line for line in out.splitlines() if line.startswith("fused_linear_relu ")).split()
     assert row[1] == "yes" and row[3] == "yes"  # CPU and Autograd kernels
     cuda_built = torch._C._dispatch_has_kernel_for_dispatch_key("relu_ext::fused_linear_relu", "CUDA")

@@ -1,16 +1,21 @@
 """The packed mask's size and the operator list are each written once per
 language: the C++ formula (csrc/core/relu_mask.h), the Python one
-(torch_relu_ext._registry: fake kernels, tests), and the operator list read
-from the dispatcher. These tests check that every layer agrees."""
+(torch_relu_ext._registry: fake kernels, tests), the operator list read
+from the dispatcher and its public/internal split (_registry.PUBLIC). These
+tests check that every layer agrees."""
 
 import math
+import os
+import re
 
 import pytest
 import torch
-from helpers import cpu_and_cuda, mask_bytes, operators
+from helpers import ROOT, cpu_and_cuda, mask_bytes, operators
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from torch_relu_ext import _C
+import torch_relu_ext
+from torch_relu_ext import _C, functional
+from torch_relu_ext._registry import PUBLIC, internal_operators
 
 ops = torch.ops.relu_ext
 ROWS = [0, 1, 3, 7, 8, 9, 64, 1000]
@@ -69,3 +74,46 @@ def test_operator_list_comes_from_the_dispatcher():
         # torch.compile / export: its own, or a composite one.
         assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(qualified, "CPU"), op
         assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(qualified, "Meta"), op
+
+
+def header_functions():
+    """Functions declared in include/torch_relu_ext/ops.h: (outside any
+    `detail` namespace, inside one)."""
+    with open(os.path.join(ROOT, "include", "torch_relu_ext", "ops.h")) as f:
+        text = re.sub(r"//[^\n]*", "", f.read())
+    public, detail, scopes = set(), set(), []
+    for m in re.finditer(r"namespace\s+([\w:]+)\s*\{|\{|\}|\b(\w+)\s*\([^;{}]*\)\s*;", text):
+        if m.group(1):
+            scopes.append(m.group(1).split("::"))
+        elif m.group(0) == "{":
+            scopes.append([])
+        elif m.group(0) == "}":
+            scopes.pop()
+        else:
+            (detail if any("detail" in s for s in scopes) else public).add(m.group(2))
+    return public, detail
+
+
+def test_public_and_internal_operators_agree_everywhere():
+    names = set(operators())
+    internal = set(internal_operators())
+    # Every registered operator is public or internal, never both, and the
+    # public names are registered operators.
+    assert set(PUBLIC) <= names and internal == names - set(PUBLIC)
+    assert {"fused_linear_relu_backward", "dead_prelu_backward", "relu_mask_unpack", "dead_stats_update_"} <= internal
+    # C++: the public section declares exactly the public operators; the
+    # functions in torch_relu_ext::detail are internal operators.
+    public_cpp, detail_cpp = header_functions()
+    assert public_cpp == set(PUBLIC)
+    assert detail_cpp and detail_cpp <= internal, detail_cpp - internal
+    # Python: PUBLIC is functional.__all__; neither it nor the package
+    # exports an internal operator.
+    assert not [op for op in internal if hasattr(functional, op) or op in torch_relu_ext.__all__]
+
+
+def test_design_doc_marks_each_operator_public_or_internal():
+    # docs/design.md's operator table: one row per registered operator.
+    with open(os.path.join(ROOT, "docs", "design.md")) as f:
+        rows = dict(re.findall(r"^\| `(\w+)` \| (yes|internal) \|", f.read(), re.M))
+    assert set(rows) == set(operators())
+    assert {op for op, public in rows.items() if public == "yes"} == set(PUBLIC)

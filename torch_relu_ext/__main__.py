@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import torch_relu_ext
 from torch_relu_ext import _C
-from torch_relu_ext._registry import operators
+from torch_relu_ext._registry import PUBLIC, internal_operators
 
 # Column title -> dispatch key.
 KEYS = {
@@ -24,11 +24,18 @@ KEYS = {
 
 
 def kernel_table():
-    """Which dispatch keys have a kernel, per operator, read from the dispatcher."""
+    """Which dispatch keys have a kernel, per operator, read from the
+    dispatcher: the public operators first, then the internal ones."""
     lines = [f"{'operator':<30}" + "".join(f"{k:>13}" for k in KEYS)]
-    for op in operators():
-        row = [torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", k) for k in KEYS.values()]
-        lines.append(f"{op:<30}" + "".join(f"{'yes' if r else '-':>13}" for r in row))
+    groups = (
+        ("public:", PUBLIC),
+        ("internal (torch.ops.relu_ext.*, C++ torch_relu_ext::detail; no stability promise):", internal_operators()),
+    )
+    for title, ops in groups:
+        lines.append(title)
+        for op in ops:
+            row = [torch._C._dispatch_has_kernel_for_dispatch_key(f"relu_ext::{op}", k) for k in KEYS.values()]
+            lines.append(f"{op:<30}" + "".join(f"{'yes' if r else '-':>13}" for r in row))
     return "\n".join(lines)
 
 

@@ -1,14 +1,24 @@
 """Facts about the relu_ext operators that the Python side needs, each written
 once: the operator list (read from the dispatcher, so it cannot fall behind
-the schemas in csrc/ops.cpp), the packed mask's size (the formula of
-csrc/core/relu_mask.h; tests/test_mask_layout.py checks that they agree) and
-the statistics' moving-average step (the CPU kernel of dead_stats_update_
-reproduces it bitwise, the composite kernel is the same ATen ops in C++;
-tests/test_dead_stats.py checks them)."""
+the schemas in csrc/ops.cpp), which of them are public, the packed mask's
+size (the formula of csrc/core/relu_mask.h; tests/test_mask_layout.py checks
+that they agree) and the statistics' moving-average step (the CPU kernel of
+dead_stats_update_ reproduces it bitwise, the composite kernel is the same
+ATen ops in C++; tests/test_dead_stats.py checks them)."""
 
 import torch
 
+from . import functional
+
 NAMESPACE = "relu_ext"
+
+# The stable surface: the operators with a wrapper in functional (its
+# __all__) and a declaration in the public section of
+# include/torch_relu_ext/ops.h (tests/test_mask_layout.py checks that both
+# agree). Every other operator is internal (autograd, autocast and the modules
+# use them): callable as torch.ops.relu_ext.<name>, in C++ as
+# torch_relu_ext::detail::<name>, with no stability promise.
+PUBLIC = tuple(functional.__all__)
 
 
 def operators():
@@ -16,6 +26,11 @@ def operators():
     with the dispatcher, sorted."""
     prefix = NAMESPACE + "::"
     return sorted(n[len(prefix) :] for n in torch._C._dispatch_get_all_op_names() if n.startswith(prefix))
+
+
+def internal_operators():
+    """Every registered operator that is not public, sorted."""
+    return [op for op in operators() if op not in PUBLIC]
 
 
 def ema_update_(ema: torch.Tensor, value: torch.Tensor, num_batches_tracked: torch.Tensor, momentum: float) -> None:

@@ -1,11 +1,13 @@
-"""Functional forms of the relu_ext operators (thin wrappers over torch.ops)."""
+"""Functional forms of the public relu_ext operators (thin wrappers over
+torch.ops). The internal operators have no wrapper here: they are reachable as
+``torch.ops.relu_ext.<name>`` only (torch_relu_ext._registry lists them)."""
 
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["fused_linear_relu", "dead_prelu", "relu_mask_unpack"]
+__all__ = ["fused_linear_relu", "dead_prelu"]
 
 
 def fused_linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -56,8 +58,3 @@ def dead_prelu(input: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
     """
     out, count = torch.ops.relu_ext.dead_prelu(input, weight)
     return out, count
-
-
-def relu_mask_unpack(mask: Tensor, size: list[int]) -> Tensor:
-    """The packed ReLU mask of ``fused_linear_relu_forward`` as a bool tensor."""
-    return torch.ops.relu_ext.relu_mask_unpack(mask, size)

@@ -41,7 +41,8 @@ std::tuple<Tensor, Tensor> fused_linear_relu_forward_autocast(const Tensor& inpu
                                                               const std::optional<Tensor>& bias) {
   using C = Caster<kDevice>;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(C::key);
-  return torch_relu_ext::fused_linear_relu_forward(C::cast(input), C::cast(weight), C::cast(bias));
+  return torch_relu_ext::detail::fused_linear_relu_forward(C::cast(input), C::cast(weight),
+                                                           C::cast(bias));
 }
 
 template <c10::DeviceType kDevice>

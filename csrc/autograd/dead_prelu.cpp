@@ -49,8 +49,8 @@ struct DeadPreluBackward : public torch::autograd::TraceableFunction {
     const std::array<bool, 2> selected = {task_should_compute_output(0),
                                           task_should_compute_output(1)};
     if (!grads[0].defined() || !(selected[0] || selected[1])) return result;
-    auto [gi, gw] =
-        torch_relu_ext::dead_prelu_backward(grads[0], input_.unpack(), weight_.unpack(), selected);
+    auto [gi, gw] = torch_relu_ext::detail::dead_prelu_backward(grads[0], input_.unpack(),
+                                                                weight_.unpack(), selected);
     result[0] = gi;
     result[1] = gw;
     return result;
@@ -162,7 +162,8 @@ std::tuple<Tensor, Tensor> dead_prelu_backward_autograd(const Tensor& grad_outpu
   Tensor gi, gw;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(gi, gw) = torch_relu_ext::dead_prelu_backward(grad_output, input, weight, output_mask);
+    std::tie(gi, gw) =
+        torch_relu_ext::detail::dead_prelu_backward(grad_output, input, weight, output_mask);
   }
   if (node) {
     torch::autograd::set_history({gi, gw}, node);

@@ -63,7 +63,7 @@ struct FusedLinearReluBackward : public torch::autograd::TraceableFunction {
                                           task_should_compute_output(1),
                                           task_should_compute_output(2)};
     if (!grads[0].defined() || !(selected[0] || selected[1] || selected[2])) return result;
-    auto [gi, gw, gb] = torch_relu_ext::fused_linear_relu_backward(
+    auto [gi, gw, gb] = torch_relu_ext::detail::fused_linear_relu_backward(
         grads[0], input_.unpack(), weight_.unpack(), mask_.unpack(), selected);
     result[0] = gi;
     result[1] = gw;
@@ -89,7 +89,7 @@ std::tuple<Tensor, Tensor> forward_with_mask(const Tensor& input, const Tensor& 
   Tensor out, mask;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(out, mask) = torch_relu_ext::fused_linear_relu_forward(input, weight, bias);
+    std::tie(out, mask) = torch_relu_ext::detail::fused_linear_relu_forward(input, weight, bias);
   }
   if (node) {
     torch::autograd::set_history(out, node);
@@ -211,8 +211,8 @@ std::tuple<Tensor, Tensor, Tensor> fused_linear_relu_backward_autograd(
   Tensor gi, gw, gb;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    std::tie(gi, gw, gb) =
-        torch_relu_ext::fused_linear_relu_backward(grad_output, input, weight, mask, output_mask);
+    std::tie(gi, gw, gb) = torch_relu_ext::detail::fused_linear_relu_backward(
+        grad_output, input, weight, mask, output_mask);
   }
   if (node) {
     torch::autograd::set_history({gi, gw, gb}, node);

@@ -85,10 +85,10 @@ TEST(Ops, FusedLinearReluForwardBackward) {
 TEST(Ops, MaskKeptForBackwardIsOneBitPerElement) {
   auto x = at::randn({10, 6});
   auto w = at::randn({7, 6});
-  auto [out, mask] = torch_relu_ext::fused_linear_relu_forward(x, w);
+  auto [out, mask] = torch_relu_ext::detail::fused_linear_relu_forward(x, w);
   EXPECT_EQ(mask.scalar_type(), at::kByte);
   EXPECT_EQ(mask.numel(), (10 * 7 + 7) / 8);
-  auto unpacked = torch_relu_ext::relu_mask_unpack(mask, {10, 7});
+  auto unpacked = torch_relu_ext::detail::relu_mask_unpack(mask, {10, 7});
   EXPECT_TRUE(at::equal(unpacked, at::linear(x, w) > 0));
 }
 
@@ -174,9 +174,9 @@ TEST(Ops, KernelPathsAtSizesThatSplitWork) {
       auto x = at::randn({shape[0], shape[1]}, opt).requires_grad_();
       auto w = at::randn({shape[2], shape[1]}, opt).requires_grad_();
       auto b = at::randn({shape[2]}, opt).requires_grad_();
-      auto [y, mask] = torch_relu_ext::fused_linear_relu_forward(x, w, b);
-      auto counts = torch_relu_ext::relu_mask_count(mask, y);
-      auto bits = torch_relu_ext::relu_mask_unpack(mask, y.sizes());
+      auto [y, mask] = torch_relu_ext::detail::fused_linear_relu_forward(x, w, b);
+      auto counts = torch_relu_ext::detail::relu_mask_count(mask, y);
+      auto bits = torch_relu_ext::detail::relu_mask_unpack(mask, y.sizes());
       EXPECT_TRUE(at::equal(counts, bits.sum(0)));
       if (dtype == at::kFloat) EXPECT_TRUE(at::equal(bits, y > 0));
       auto grads = torch::autograd::grad({y.to(at::kFloat).sum()}, {x, w, b});
@@ -240,14 +240,14 @@ TEST(Ops, MalformedCallsThroughCppApi) {
        "fused_linear_relu", "input"},
       {"mask size",
        [&] {
-         torch_relu_ext::fused_linear_relu_backward(at::randn({4, 5}), x, w,
-                                                    at::zeros({2}, at::kByte), {true, true, true});
+         torch_relu_ext::detail::fused_linear_relu_backward(
+             at::randn({4, 5}), x, w, at::zeros({2}, at::kByte), {true, true, true});
        },
        "fused_linear_relu_backward", "mask"},
       {"grad shape",
        [&] {
-         torch_relu_ext::fused_linear_relu_backward(at::randn({4, 4}), x, w, mask,
-                                                    {true, true, true});
+         torch_relu_ext::detail::fused_linear_relu_backward(at::randn({4, 4}), x, w, mask,
+                                                            {true, true, true});
        },
        "fused_linear_relu_backward", "grad_output"},
       {"prelu weight size", [&] { torch_relu_ext::dead_prelu(x, at::rand({2})); }, "dead_prelu",
@@ -265,7 +265,8 @@ TEST(Ops, MalformedCallsThroughCppApi) {
        "dead_prelu", "weight"},
       {"prelu backward grad",
        [&] {
-         torch_relu_ext::dead_prelu_backward(at::randn({3, 4}), x, at::rand({3}), {true, true});
+         torch_relu_ext::detail::dead_prelu_backward(at::randn({3, 4}), x, at::rand({3}),
+                                                     {true, true});
        },
        "dead_prelu_backward", "grad_output"},
   };
