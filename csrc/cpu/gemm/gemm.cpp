@@ -393,14 +393,20 @@ float max_abs(const Tensor& t) {
   return result;
 }
 
-// Whether a @ w^T + bias is NaN-free whatever the order of summation: every
-// input finite and every partial sum bounded by k max|a| max|w| + max|b|,
-// far below float's overflow (oneDNN accumulates 16-bit types in float).
-// Then oneDNN's ReLU post-op (which maps NaN to 0) equals ours.
-bool nan_free(const Tensor& a, const Tensor& w, const Tensor& bias) {
-  const double bound = static_cast<double>(a.size(1)) * max_abs(a) * max_abs(w) +
-                       (bias.defined() ? max_abs(bias) : 0.0);
+// Whether a @ w^T + bias is NaN-free whatever the order of summation, given
+// max|a| and max|w| (+Inf when not finite): every input finite and every
+// partial sum bounded by k max|a| max|w| + max|b|, far below float's overflow
+// (oneDNN accumulates 16-bit types in float). Then oneDNN's ReLU post-op
+// (which maps NaN to 0) equals ours.
+bool nan_free(float a_max, float w_max, int64_t k, const Tensor& bias) {
+  const double bound =
+      static_cast<double>(k) * a_max * w_max + (bias.defined() ? max_abs(bias) : 0.0);
   return bound < 1e37;
+}
+
+// Whether a contiguous tensor holds Inf or NaN.
+bool has_non_finite(const Tensor& t) {
+  return max_abs(t) == std::numeric_limits<float>::infinity();
 }
 
 // oneDNN writes a new tensor: without an epilogue it is the result (or is
@@ -411,15 +417,24 @@ bool nan_free(const Tensor& a, const Tensor& w, const Tensor& bias) {
 //   the mask is then read off the output (out > 0); or
 // - our ReLU + mask pass runs over oneDNN's result, per row block
 //   (block_rows) while the block is still in cache.
+// 16-bit products: oneDNN's AMX kernels put NaN into finite rows that share a
+// tile with a row holding Inf (docs/cpu_gemm.md), so where an input is not
+// finite ATen's product runs instead, as eager's F.linear does. Any Inf or
+// NaN input makes some product element non-finite, so the check reads the
+// inputs where the post-op route scans them anyway, and otherwise each
+// product block while it is in cache (then a non-finite block, rare, means
+// the product is redone by ATen).
 Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   const Tensor w = b.t();  // n x k, as oneDNN's linear takes its weight
   const Tensor bias = ep != nullptr && ep->bias.defined() ? ep->bias.contiguous() : Tensor();
+  bool guard = a.element_size() == 2;
   const auto product = [&](int64_t r0, int64_t rows) {
     return onednn_linear(a.narrow(0, r0, rows), w, bias, "none");
   };
   if (ep == nullptr) {
     Tensor t = product(0, m);
+    if (guard && has_non_finite(t)) return aten_mm(a, b, std::move(c), accumulate, nullptr);
     if (!c.defined()) return t;
     if (accumulate) {
       c.add_(t);
@@ -431,41 +446,44 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
   // Without the mask, skipping our ReLU pass (a read and a write of the
   // output) pays wherever the scans read less: (m + n) k <= 2 m n.
   const bool scans_pay = ep->mask == nullptr ? (m + n) * k <= 2 * m * n : output_bound(m, n, k);
-  if (scans_pay && !c.defined() && a.is_contiguous() && w.is_contiguous() && nan_free(a, w, bias)) {
-    Tensor t = onednn_linear(a, w, bias, "relu");
-    if (ep->mask != nullptr) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
-        const auto fn = fused_linear_relu_kernels().get<scalar_t>().positive_mask;
-        const scalar_t* p = t.const_data_ptr<scalar_t>();
-        const int64_t total = m * n;
-        constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)
-        at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
-          for (int64_t c = c0; c < c1; ++c) {
-            fn(p + c * kChunk, std::min(kChunk, total - c * kChunk), ep->mask + c * kChunk / 8);
-          }
+  if (scans_pay && !c.defined() && a.is_contiguous() && w.is_contiguous()) {
+    const float a_max = max_abs(a), w_max = max_abs(w);
+    const float inf = std::numeric_limits<float>::infinity();
+    if (guard && !(a_max < inf && w_max < inf)) return aten_mm(a, b, std::move(c), false, ep);
+    guard = false;  // finite inputs: nothing for the AMX fault to spread
+    if (nan_free(a_max, w_max, k, bias)) {
+      Tensor t = onednn_linear(a, w, bias, "relu");
+      if (ep->mask != nullptr) {
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
+          const auto fn = fused_linear_relu_kernels().get<scalar_t>().positive_mask;
+          const scalar_t* p = t.const_data_ptr<scalar_t>();
+          const int64_t total = m * n;
+          constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)
+          at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+            for (int64_t c = c0; c < c1; ++c) {
+              fn(p + c * kChunk, std::min(kChunk, total - c * kChunk), ep->mask + c * kChunk / 8);
+            }
+          });
         });
-      });
+      }
+      return t;
     }
-    return t;
   }
   const int64_t brows = block_rows(n, k, a.element_size());
   if (m <= brows && !c.defined()) {
     Tensor t = product(0, m);
+    if (guard && has_non_finite(t)) return aten_mm(a, b, Tensor(), false, ep);
     relu_pass(t, t, Tensor(), ep->mask, 0);
     return t;
   }
   if (!c.defined()) c = at::empty({m, n}, a.options());
   for (int64_t r0 = 0; r0 < m; r0 += brows) {
     const int64_t r1 = std::min(m, r0 + brows);
-    relu_pass(product(r0, r1 - r0), c.narrow(0, r0, r1 - r0), Tensor(), ep->mask, r0);
+    const Tensor t = product(r0, r1 - r0);
+    if (guard && has_non_finite(t)) return aten_mm(a, b, std::move(c), false, ep);
+    relu_pass(t, c.narrow(0, r0, r1 - r0), Tensor(), ep->mask, r0);
   }
   return c;
-}
-
-// Whether every element is finite (dense tensors are read in memory order).
-bool all_finite(const Tensor& t) {
-  if (t.is_non_overlapping_and_dense()) return max_abs(t) < std::numeric_limits<float>::infinity();
-  return t.isfinite().all().item<bool>();
 }
 
 }  // namespace
@@ -499,10 +517,6 @@ Tensor mm(Backend backend, const Tensor& a, const Tensor& b, Tensor c, bool accu
     case Backend::kOwn:
       return own_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kOneDNN:
-      // oneDNN's AMX 16-bit kernels put NaN into finite rows that share a
-      // tile with a row holding Inf (docs/cpu_gemm.md): non-finite 16-bit
-      // inputs take ATen's product, as eager's F.linear does.
-      if (a.element_size() == 2 && !(all_finite(a) && all_finite(b))) break;
       return onednn_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kATen:
       break;
