@@ -87,7 +87,7 @@ lint() {
   log "lint: ruff, clang-format, clang-tidy"
   "$VENV/bin/ruff" check --quiet . && "$VENV/bin/ruff" format --check --quiet .
   local cxx
-  cxx=$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'include/*.h' 'tests/cpp/*.cpp' 'examples/cpp/*.cpp')
+  cxx=$(git ls-files --cached --others --exclude-standard 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'include/*.h' 'tests/cpp/*.cpp' 'examples/cpp/*.cpp')
   if command -v clang-format >/dev/null 2>&1; then
     # shellcheck disable=SC2086
     clang-format --dry-run --Werror $cxx

@@ -9,6 +9,14 @@
 
 namespace torch_relu_ext::detail {
 
+// The building blocks of every operator's checks: a defined, strided,
+// non-quantized tensor; one of float32/float64/bfloat16/float16; the dtype
+// and device of `ref`.
+void check_tensor(const char* op, const char* name, const at::Tensor& t);
+void check_float(const char* op, const char* name, const at::Tensor& t);
+void check_same(const char* op, const char* name, const at::Tensor& t, const char* ref_name,
+                const at::Tensor& ref);
+
 void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias);
 

@@ -106,6 +106,8 @@ bool supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+}  // namespace
+
 void check_tensor(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.defined(), op, ": expected argument '", name,
               "' to be a tensor, but got an undefined tensor");
@@ -132,8 +134,6 @@ void check_same(const char* op, const char* name, const at::Tensor& t, const cha
               "' to be on the same device as '", ref_name, "' (", ref.device(), "), but it is on ",
               t.device());
 }
-
-}  // namespace
 
 void check_linear_args(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {

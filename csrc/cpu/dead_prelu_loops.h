@@ -24,7 +24,9 @@
 #include <immintrin.h>
 #endif
 
-namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
+// Each operator's loops have a namespace of their own inside the build's
+// namespace: every loop header meets the others in each isa_*.cpp file.
+namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA::dead_prelu_loops {
 
 // Sums and counts are kept in 32-bit counters and Acc (float for the 16-bit
 // types) partial sums, flushed to the caller's buffers every kRowBlock rows
@@ -373,12 +375,12 @@ RELU_EXT_CPU_TARGET void prelu_backward_flat(const T* x, const T* g, const T* w,
 
 // This build's kernel table for dtype T.
 template <typename T>
-constexpr DeadPreluKernel<T> make_dead_prelu_kernel() {
+constexpr DeadPreluKernel<T> make_kernel() {
   using Acc = acc_t<T>;
   return {&prelu_forward_rows<T, Acc>, &prelu_forward_flat<T, Acc>,
           &prelu_backward_rows<T, Acc, double>, &prelu_backward_flat<T, Acc, double>};
 }
 
-}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA
+}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA::dead_prelu_loops
 
-RELU_EXT_CPU_REGISTER_KERNELS(DeadPreluKernel, dead_prelu_kernels, make_dead_prelu_kernel)
+RELU_EXT_CPU_REGISTER_KERNELS(DeadPreluKernel, dead_prelu_kernels, dead_prelu_loops::make_kernel)

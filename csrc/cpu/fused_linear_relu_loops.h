@@ -14,7 +14,9 @@
 #include "fused_linear_relu_kernel.h"
 #include "isa_build.h"
 
-namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA {
+// Each operator's loops have a namespace of their own inside the build's
+// namespace: every loop header meets the others in each isa_*.cpp file.
+namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA::fused_linear_relu_loops {
 
 // Elements handled per mask-packing step; a multiple of 8 so every step starts
 // on a mask byte boundary.
@@ -216,7 +218,7 @@ RELU_EXT_CPU_TARGET void mask_grad_block(const T* grad, T* grad_masked, const ui
 
 // This build's kernel table for dtype T.
 template <typename T>
-constexpr FusedLinearReluKernel<T> make_fused_linear_relu_kernel() {
+constexpr FusedLinearReluKernel<T> make_kernel() {
   using Acc = acc_t<T>;
   return {&bias_relu_mask_block<T, Acc, false>,
           &bias_relu_mask_block<T, Acc, true>,
@@ -227,7 +229,7 @@ constexpr FusedLinearReluKernel<T> make_fused_linear_relu_kernel() {
           &mask_grad_block<T, double>};
 }
 
-}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA
+}  // namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA::fused_linear_relu_loops
 
 RELU_EXT_CPU_REGISTER_KERNELS(FusedLinearReluKernel, fused_linear_relu_kernels,
-                              make_fused_linear_relu_kernel)
+                              fused_linear_relu_loops::make_kernel)

@@ -10,7 +10,8 @@
 // and then includes each operator's loop header, one line per operator.
 // A loop header ends with RELU_EXT_CPU_REGISTER_KERNELS(K, name, make): the
 // definition of name##_<isa>(), this build's table of every dtype
-// (make<T>() in the build's namespace), which the operator's stub `name()`
+// (make<T>(), named from the build's namespace: <op>_loops::make_kernel),
+// which the operator's stub `name()`
 // (RELU_EXT_CPU_DECLARE_KERNELS, dispatch.h) picks from.
 // The attribute goes on the loop functions only: the headers they use (the
 // standard library, c10's 16-bit types, csrc/core) stay baseline code that
