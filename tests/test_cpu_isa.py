@@ -76,9 +76,11 @@ for key, args in torch.load(sys.argv[1]).items():
         y, m = ops.fused_linear_relu_forward(x, w, b)
         grads = ops.fused_linear_relu_backward(gy, x, w, m, [True, True, True])
         out[key] = (y, m, ops.fused_linear_relu(x, w, b), *grads, ops.relu_mask_count(m, y))
-    else:
+    elif key.startswith("prelu/"):
         x, w, gy = args
         out[key] = (*ops.dead_prelu(x, w), *ops.dead_prelu_backward(gy, x, w, [True, True]))
+    else:
+        raise KeyError(f"no COMPUTE branch for case {key!r}")
 torch.save(out, sys.argv[2])
 """
 
