@@ -42,7 +42,7 @@ def make_inputs():
             w = torch.randint(-4, 5, (o, k), generator=g).to(dtype)
             b = special(torch.randn(o, generator=g).to(dtype)) if bias else None
             gy = special(torch.randn(rows, o, generator=g).to(dtype))
-            cases[f"linear/{dtype}/{rows}x{k}x{o}"] = (x, w, b, gy)
+            cases[f"fused_linear_relu/{dtype}/{rows}x{k}x{o}"] = (x, w, b, gy)
         for shape, cl in (
             ((3, 5), False),
             ((64, 300), False),
@@ -59,7 +59,7 @@ def make_inputs():
             gy = special(torch.randn(shape, generator=g).to(dtype))
             for wn in (1, shape[1]):
                 w = torch.rand(wn, generator=g).to(dtype)
-                cases[f"prelu/{dtype}/{shape}/{cl}/{wn}"] = (x, w, gy)
+                cases[f"dead_prelu/{dtype}/{shape}/{cl}/{wn}"] = (x, w, gy)
     return cases
 
 
@@ -71,12 +71,12 @@ from torch_relu_ext import _C
 ops = torch.ops.relu_ext
 out = {"isa": _C.cpu_isa(), "gemm": _C.cpu_gemm_backend("grad_input", "float32", 64, 64, 64)}
 for key, args in torch.load(sys.argv[1]).items():
-    if key.startswith("linear/"):
+    if key.startswith("fused_linear_relu/"):
         x, w, b, gy = args
         y, m = ops.fused_linear_relu_forward(x, w, b)
         grads = ops.fused_linear_relu_backward(gy, x, w, m, [True, True, True])
         out[key] = (y, m, ops.fused_linear_relu(x, w, b), *grads, ops.relu_mask_count(m, y))
-    elif key.startswith("prelu/"):
+    elif key.startswith("dead_prelu/"):
         x, w, gy = args
         out[key] = (*ops.dead_prelu(x, w), *ops.dead_prelu_backward(gy, x, w, [True, True]))
     else:
@@ -137,6 +137,16 @@ def assert_products_close(a, b, key, i, args, mask, msg):
     assert (diff <= 2 * n * eps * bound[finite] + torch.finfo(a.dtype).tiny).all(), msg
 
 
+def test_every_operator_with_cpu_loops_has_a_case():
+    """An operator with per-instruction-set loops (csrc/cpu/<op>_kernel.h)
+    has inputs here under "<op>/", so the comparison below covers it."""
+    cpu_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cpu")
+    with_loops = {f[: -len("_kernel.h")] for f in os.listdir(cpu_dir) if f.endswith("_kernel.h")}
+    covered = {key.split("/")[0] for key in make_inputs()}
+    assert {"fused_linear_relu", "dead_prelu"} <= with_loops
+    assert with_loops <= covered, with_loops - covered
+
+
 def test_cpu_isa_reports_a_known_build():
     assert _C.cpu_isa() in ISAS
     assert _C.cpu_gemm().split(":")[0] in ("auto", "own", "onednn", "aten")
@@ -190,7 +200,7 @@ def test_every_isa_build_gives_bitwise_identical_results(tmp_path):
                 continue
             for i, (a, b) in enumerate(zip(base[key], res[key])):
                 assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), (isa, key, i)
-                if key.startswith("linear/") and i in (3, 4):
+                if key.startswith("fused_linear_relu/") and i in (3, 4):
                     # grad_input and grad_weight are matrix products of our
                     # masked gradient (ATen's BLAS in some builds, our own
                     # AVX-512 product in others): equal up to their rounding.
