@@ -22,6 +22,15 @@ namespace torch_relu_ext::cpu::RELU_EXT_CPU_ISA::fused_linear_relu_loops {
 // on a mask byte boundary.
 constexpr int64_t kMaskChunk = 1024;
 
+// Packs len 0/1 flags (flags has room for len rounded up to 8) into
+// ceil(len / 8) mask bytes at `bytes`, LSB first; the last byte's unused
+// bits are 0.
+RELU_EXT_CPU_TARGET inline void pack_flags(uint8_t* flags, int64_t len, uint8_t* bytes) {
+  const int64_t nbytes = (len + 7) / 8;
+  for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
+  for (int64_t k = 0; k < nbytes; ++k) bytes[k] = core::pack8(flags + 8 * k);
+}
+
 // On a contiguous (rows, cols) block `in` that holds x @ W.T: adds the bias
 // (may be null), applies ReLU into `out` (may be `in`: in place) and, when
 // kWithMask, writes the block's mask bits starting at `mask` (the block must
@@ -59,10 +68,7 @@ RELU_EXT_CPU_TARGET void bias_relu_mask_block(const T* in, T* out, const T* bias
       if (col == cols) col = 0;
     }
     if (kWithMask) {
-      const int64_t nbytes = (len + 7) / 8;
-      for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
-      uint8_t* m = mask + e0 / 8;
-      for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+      pack_flags(flags, len, mask + e0 / 8);
     }
   }
 }
@@ -98,10 +104,7 @@ RELU_EXT_CPU_TARGET void positive_mask_block(const T* out, int64_t n, uint8_t* m
       std::memcpy(&bits, out + e0 + j, sizeof(T));
       flags[j] = bits > 0;
     }
-    const int64_t nbytes = (len + 7) / 8;
-    for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
-    uint8_t* m = mask + e0 / 8;
-    for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+    pack_flags(flags, len, mask + e0 / 8);
   }
 }
 
@@ -131,10 +134,7 @@ RELU_EXT_CPU_TARGET void relu_bits_block(const T* in, T* out, int64_t n, uint8_t
       std::memcpy(out + e0 + j, &o, sizeof(T));
     }
     if (kWithMask) {
-      const int64_t nbytes = (len + 7) / 8;
-      for (int64_t i = len; i < nbytes * 8; ++i) flags[i] = 0;
-      uint8_t* m = mask + e0 / 8;
-      for (int64_t k = 0; k < nbytes; ++k) m[k] = core::pack8(flags + 8 * k);
+      pack_flags(flags, len, mask + e0 / 8);
     }
   }
 }
