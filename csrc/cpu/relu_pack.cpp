@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -69,69 +70,66 @@ bool cpu_has_avx512() {
 }
 
 // Each returns the index it stopped at (a multiple of the vector width from
-// start); *count / *k advance by the elements handled.
-RELU_PACK_TARGET int64_t bits_avx512(const uint32_t* src, int64_t start, int64_t end, uint8_t* bits,
+// start); *count / *k advance by the elements handled. U is uint32_t
+// (float32) or uint16_t (16-bit types): one 64-byte vector holds L elements,
+// whose mask is an L-bit integer M.
+template <typename U>
+struct Lanes {
+  static constexpr int64_t L = 64 / sizeof(U);
+  using M = std::conditional_t<sizeof(U) == 4, __mmask16, __mmask32>;
+};
+
+template <typename U>
+RELU_PACK_TARGET int64_t bits_avx512(const U* src, int64_t start, int64_t end, uint8_t* bits,
                                      int64_t* count) {
+  using M = typename Lanes<U>::M;
+  constexpr int64_t L = Lanes<U>::L;
   int64_t i = start;
-  for (; i + 16 <= end; i += 16) {
+  for (; i + L <= end; i += L) {
     const __m512i v = _mm512_loadu_si512(src + i);
-    const __mmask16 m = _mm512_test_epi32_mask(v, v);
-    std::memcpy(bits + i / 8, &m, 2);
+    M m;
+    if constexpr (sizeof(U) == 4) {
+      m = _mm512_test_epi32_mask(v, v);
+    } else {
+      m = _mm512_test_epi16_mask(v, v);
+    }
+    std::memcpy(bits + i / 8, &m, sizeof(M));
     *count += __builtin_popcount(m);
   }
   return i;
 }
-RELU_PACK_TARGET int64_t bits_avx512(const uint16_t* src, int64_t start, int64_t end, uint8_t* bits,
-                                     int64_t* count) {
+template <typename U>
+RELU_PACK_TARGET int64_t compact_avx512(const U* src, const uint8_t* bits, int64_t start,
+                                        int64_t end, U* dst, int64_t* k) {
+  using M = typename Lanes<U>::M;
+  constexpr int64_t L = Lanes<U>::L;
   int64_t i = start;
-  for (; i + 32 <= end; i += 32) {
-    const __m512i v = _mm512_loadu_si512(src + i);
-    const __mmask32 m = _mm512_test_epi16_mask(v, v);
-    std::memcpy(bits + i / 8, &m, 4);
-    *count += __builtin_popcount(m);
-  }
-  return i;
-}
-RELU_PACK_TARGET int64_t compact_avx512(const uint32_t* src, const uint8_t* bits, int64_t start,
-                                        int64_t end, uint32_t* dst, int64_t* k) {
-  int64_t i = start;
-  for (; i + 16 <= end; i += 16) {
-    __mmask16 m;
-    std::memcpy(&m, bits + i / 8, 2);
-    _mm512_mask_compressstoreu_epi32(dst + *k, m, _mm512_loadu_si512(src + i));
+  for (; i + L <= end; i += L) {
+    M m;
+    std::memcpy(&m, bits + i / 8, sizeof(M));
+    if constexpr (sizeof(U) == 4) {
+      _mm512_mask_compressstoreu_epi32(dst + *k, m, _mm512_loadu_si512(src + i));
+    } else {
+      _mm512_mask_compressstoreu_epi16(dst + *k, m, _mm512_loadu_si512(src + i));
+    }
     *k += __builtin_popcount(m);
   }
   return i;
 }
-RELU_PACK_TARGET int64_t compact_avx512(const uint16_t* src, const uint8_t* bits, int64_t start,
-                                        int64_t end, uint16_t* dst, int64_t* k) {
+template <typename U>
+RELU_PACK_TARGET int64_t expand_avx512(const uint8_t* bits, const U* vals, int64_t start,
+                                       int64_t end, U* dst, int64_t* k) {
+  using M = typename Lanes<U>::M;
+  constexpr int64_t L = Lanes<U>::L;
   int64_t i = start;
-  for (; i + 32 <= end; i += 32) {
-    __mmask32 m;
-    std::memcpy(&m, bits + i / 8, 4);
-    _mm512_mask_compressstoreu_epi16(dst + *k, m, _mm512_loadu_si512(src + i));
-    *k += __builtin_popcount(m);
-  }
-  return i;
-}
-RELU_PACK_TARGET int64_t expand_avx512(const uint8_t* bits, const uint32_t* vals, int64_t start,
-                                       int64_t end, uint32_t* dst, int64_t* k) {
-  int64_t i = start;
-  for (; i + 16 <= end; i += 16) {
-    __mmask16 m;
-    std::memcpy(&m, bits + i / 8, 2);
-    _mm512_storeu_si512(dst + i, _mm512_maskz_expandloadu_epi32(m, vals + *k));
-    *k += __builtin_popcount(m);
-  }
-  return i;
-}
-RELU_PACK_TARGET int64_t expand_avx512(const uint8_t* bits, const uint16_t* vals, int64_t start,
-                                       int64_t end, uint16_t* dst, int64_t* k) {
-  int64_t i = start;
-  for (; i + 32 <= end; i += 32) {
-    __mmask32 m;
-    std::memcpy(&m, bits + i / 8, 4);
-    _mm512_storeu_si512(dst + i, _mm512_maskz_expandloadu_epi16(m, vals + *k));
+  for (; i + L <= end; i += L) {
+    M m;
+    std::memcpy(&m, bits + i / 8, sizeof(M));
+    if constexpr (sizeof(U) == 4) {
+      _mm512_storeu_si512(dst + i, _mm512_maskz_expandloadu_epi32(m, vals + *k));
+    } else {
+      _mm512_storeu_si512(dst + i, _mm512_maskz_expandloadu_epi16(m, vals + *k));
+    }
     *k += __builtin_popcount(m);
   }
   return i;
