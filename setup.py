@@ -34,6 +34,24 @@ def build_cuda():
     return CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
 
 
+def dnnl_library():
+    """The directory of oneDNN's library from the onednn-cpu-gomp package
+    (csrc/cpu/gemm/dnnl_matmul.h), or None: not installed, or
+    TORCH_RELU_EXT_DNNL=0. Without it the `dnnl` product backend is left out."""
+    if os.environ.get("TORCH_RELU_EXT_DNNL", "1") in ("", "0"):
+        return None
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("onednn-cpu-gomp")
+    except PackageNotFoundError:
+        return None
+    for f in dist.files or []:
+        if f.name == "libdnnl.so.3":
+            return os.path.dirname(os.path.realpath(f.locate()))
+    return None
+
+
 def build_inputs():
     """csrc/sources.txt, shared with CMakeLists.txt: {kind: [values]}."""
     inputs = {}
@@ -69,6 +87,12 @@ if os.environ.get("TORCH_RELU_EXT_SANITIZE", "0") not in ("", "0"):
     CXX_FLAGS += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     LINK_FLAGS += ["-fsanitize=address,undefined"]
     os.environ["TORCH_RELU_EXT_CPU_ONLY"] = "1"
+DNNL_DIR = dnnl_library()
+if DNNL_DIR is not None:
+    CXX_FLAGS += ["-DRELU_EXT_WITH_DNNL"]
+    # Found where it is now (in-place builds) or, once installed, in the
+    # environment's lib/ beside lib/pythonX.Y/site-packages/torch_relu_ext.
+    LINK_FLAGS += [f"-L{DNNL_DIR}", "-l:libdnnl.so.3", f"-Wl,-rpath,{DNNL_DIR}", "-Wl,-rpath,$ORIGIN/../../.."]
 COMMON = dict(
     name="torch_relu_ext._C",
     depends=HEADERS,

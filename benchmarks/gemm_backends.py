@@ -1,7 +1,7 @@
 """Our operator on each CPU matrix-product backend, side by side, in one
 process: the measurements behind the auto choice (docs/cpu_gemm.md).
 
-    python -m benchmarks.gemm_backends [--dtypes float32,bfloat16] [--shapes 16x1024x1024,...]
+    python -m benchmarks.gemm_backends [--dtypes float32,bfloat16] [--shapes 16x1024x1024,...] [--backends onednn,dnnl]
 
 Per shape (rows x in x out) and dtype, median microseconds of
   fwd-<b>   fused_linear_relu_forward (with mask) on backend b
@@ -65,6 +65,7 @@ def main():
     p.add_argument("--budget", type=float, default=0.1, help="seconds per competitor per shape")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--backends", default="own,onednn,dnnl,aten", help="those to run (own: float32 only)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     lp = torch.ops.mkldnn._linear_pointwise
@@ -72,7 +73,7 @@ def main():
     shapes = list(dict.fromkeys(tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")))
     for dname in a.dtypes.split(","):
         dt = DTYPES[dname]
-        backends = ["own", "onednn", "aten"] if dt == torch.float32 else ["onednn", "aten"]
+        backends = [be for be in a.backends.split(",") if be != "own" or dt == torch.float32]
         header = None
         for m, k, n in shapes:
             xs = [torch.randn(m, k, dtype=dt) for _ in range(3)]

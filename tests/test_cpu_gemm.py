@@ -16,7 +16,7 @@ from test_fused_linear_relu import check_forward_and_grads, make_input, nan_inf_
 from torch_relu_ext import _C
 
 ops = torch.ops.relu_ext
-BACKENDS = ["own", "onednn", "aten"]
+BACKENDS = ["own", "onednn", "dnnl", "aten"]
 DNAME = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -47,6 +47,7 @@ SHAPES = [
     ((2, 17), 40, 200),
     ((130,), 4, 130),
     ((256,), 13, 512),
+    ((601,), 16, 4100),  # 3 row blocks of the pass after a library product, the last partial
 ]
 
 
@@ -96,6 +97,11 @@ def test_every_backend_keeps_nan_from_overflow(backend, dtype):
         assert torch.equal(out.isnan(), bare[ran["forward_masked"]]().isnan())
     if ran["forward"] in bare:
         assert torch.equal(ops.fused_linear_relu(x, w, None).isnan(), bare[ran["forward"]]().isnan())
+    if dtype == torch.bfloat16:
+        # Columns 3 and 5 meet +Inf and -Inf partial sums: NaN on every
+        # backend here (a ReLU post-op would have made them 0). float32's
+        # fused multiply-adds keep +Inf instead.
+        assert out[:, [3, 5]].isnan().all() and ops.fused_linear_relu(x, w, None)[:, [3, 5]].isnan().all()
     assert ops.relu_mask_unpack(mask, [rows, out_f])[out.isnan()].all()
     assert (out[~out.isnan()] >= 0).all()
 
@@ -115,6 +121,8 @@ def test_forced_backend_runs_where_it_can(backend):
         assert runs("aten", torch.float32) and runs("aten", torch.bfloat16)
     if backend == "onednn" and torch.backends.mkldnn.is_available():
         assert runs("onednn", torch.float32)
+    if backend == "dnnl" and "dnnl: oneDNN" in _C.cpu_gemm():
+        assert runs("dnnl", torch.float32) and _C.cpu_gemm_backend("grad_weight", "float32", 8, 8, 8) == "dnnl"
     if backend == "own" and _C.cpu_isa() == "avx512":
         assert runs("own", torch.float32) and _C.cpu_gemm_backend("grad_weight", "float32", 8, 8, 8) == "own"
     # Empty reductions are ATen's whatever the setting.
@@ -135,7 +143,9 @@ def test_auto_choice_is_reported():
 
 def test_setting_rejects_bad_values():
     for bad in ("mkl", "OWN", "onednn ", "1"):
-        with pytest.raises(ValueError, match=f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten'.*got '{bad}'"):
+        with pytest.raises(
+            ValueError, match=f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten'.*got '{bad}'"
+        ):
             _C.set_cpu_gemm(bad)
     assert _C.cpu_gemm().startswith("auto:")  # unchanged by the failed calls
 
@@ -147,7 +157,7 @@ def test_environment_variable_bad_value_is_a_clear_error(bad):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert (
-        f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten' (the CPU matrix product of fused_linear_relu), got '{bad}'"
+        f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten' (the CPU matrix product of fused_linear_relu), got '{bad}'"
         in proc.stderr
     )
 
@@ -177,6 +187,76 @@ def test_own_results_do_not_depend_on_thread_count():
             assert torch.equal(a, e)
 
 
+def dnnl_built():
+    return "dnnl: oneDNN" in _C.cpu_gemm()
+
+
+def test_dnnl_is_built_where_its_package_is_installed():
+    """The build links oneDNN's library whenever the onednn-cpu-gomp package
+    is installed (dev.sh installs it): never a silent build without it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("onednn-cpu-gomp")
+    except PackageNotFoundError:
+        pytest.skip("onednn-cpu-gomp is not installed: the dnnl backend is left out by design")
+    assert "dnnl: oneDNN 3." in _C.cpu_gemm()  # the package's 2023.2.0 is oneDNN 3.2.0
+
+
+def test_dnnl_results_do_not_depend_on_thread_count():
+    """oneDNN's matmul, linked directly: the forward (float32 and bfloat16)
+    was bitwise equal on 1, 2 and 7 threads on every shape tried; oneDNN
+    documents no such guarantee, so this pins what was measured."""
+    if not dnnl_built():
+        pytest.skip("built without oneDNN's library")
+    threads = torch.get_num_threads()
+    _C.set_cpu_gemm("dnnl")
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            torch.manual_seed(3)
+            x, w, b = torch.randn(300, 70).to(dtype), torch.randn(130, 70).to(dtype), torch.randn(130).to(dtype)
+            res = []
+            for n in (1, 2, 7):
+                torch.set_num_threads(n)
+                res.append((*ops.fused_linear_relu_forward(x, w, b), ops.fused_linear_relu(x, w, b)))
+            for other in res[1:]:
+                for a, e in zip(res[0], other):
+                    assert torch.equal(a, e)
+    finally:
+        torch.set_num_threads(threads)
+        _C.set_cpu_gemm("auto")
+
+
+def test_dnnl_primitive_cache_and_threads():
+    """Our cache of oneDNN primitives: more layouts than it holds (it starts
+    again when full) and several threads calling at once, each result against
+    the float64 reference."""
+    import concurrent.futures
+
+    import torch.nn.functional as F
+
+    if not dnnl_built():
+        pytest.skip("built without oneDNN's library")
+    _C.set_cpu_gemm("dnnl")
+    try:
+        torch.manual_seed(4)
+        w, b = torch.randn(24, 9), torch.randn(24)
+
+        def check(rows):
+            x = torch.randn(rows, 9)
+            out, mask = ops.fused_linear_relu_forward(x, w, b)
+            ref = F.relu(F.linear(x.double(), w.double(), b.double()))
+            torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+            assert torch.equal(ops.relu_mask_unpack(mask, [rows, 24]), ref > 0)
+            return rows
+
+        assert list(map(check, range(1, 530))) == list(range(1, 530))
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            assert sorted(pool.map(check, [r % 37 + 1 for r in range(200)])) == sorted(r % 37 + 1 for r in range(200))
+    finally:
+        _C.set_cpu_gemm("auto")
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_inf_row_does_not_spread_to_finite_rows(backend, dtype):
     """oneDNN's AMX 16-bit kernels put NaN into finite rows that share a tile
@@ -198,3 +278,12 @@ def test_inf_row_does_not_spread_to_finite_rows(backend, dtype):
                 # product block).
                 for out in (torch.ops.relu_ext.fused_linear_relu(x, w), torch.ops.relu_ext.fused_linear_relu_forward(x, w)[0]):
                     assert not (out.isnan() & ~eager.isnan()).any(), (m, k, n)
+    # Inf in the last of several row blocks (k = 300: the training forward
+    # checks each product block; k = 16: the inputs are scanned first).
+    for k in (16, 300):
+        x, w = torch.randn(601, k).to(dtype), (torch.randn(4100, k) / k**0.5).to(dtype)
+        x[590, 3] = float("inf")
+        eager = F.relu(F.linear(x, w))
+        for out in (torch.ops.relu_ext.fused_linear_relu(x, w), torch.ops.relu_ext.fused_linear_relu_forward(x, w)[0]):
+            assert torch.equal(out.isnan(), eager.isnan()), k
+            torch.testing.assert_close(out[:590], eager[:590])

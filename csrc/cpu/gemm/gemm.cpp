@@ -25,6 +25,7 @@
 
 #include "../../core/relu_mask.h"
 #include "../fused_linear_relu_kernel.h"
+#include "dnnl_matmul.h"
 #include "sgemm.h"
 
 namespace torch_relu_ext::cpu::gemm {
@@ -34,17 +35,19 @@ using at::Tensor;
 
 // ---------------------------------------------------------------- the choice
 
-enum class Mode : uint8_t { kAuto, kOwn, kOneDNN, kATen };
+enum class Mode : uint8_t { kAuto, kOwn, kOneDNN, kDnnl, kATen };
 
 Mode parse_mode(const std::string& v) {
   if (v.empty() || v == "auto") return Mode::kAuto;
   if (v == "own") return Mode::kOwn;
   if (v == "onednn") return Mode::kOneDNN;
+  if (v == "dnnl") return Mode::kDnnl;
   if (v == "aten") return Mode::kATen;
-  TORCH_CHECK(false,
-              "torch_relu_ext: TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn' or 'aten' "
-              "(the CPU matrix product of fused_linear_relu), got '",
-              v, "'");
+  TORCH_CHECK(
+      false,
+      "torch_relu_ext: TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten' "
+      "(the CPU matrix product of fused_linear_relu), got '",
+      v, "'");
 }
 
 // The setting: TORCH_RELU_EXT_CPU_GEMM, read on first use, or set_mode().
@@ -138,6 +141,12 @@ bool onednn_runs(at::ScalarType dtype) {
          (dtype == at::kHalf && d.fp16);
 }
 
+// oneDNN's library linked directly (dnnl_matmul.h): float32, and bfloat16
+// where torch's oneDNN runs it (the same CPU test).
+bool dnnl_runs(at::ScalarType dtype) {
+  return dnnl::available() && (dtype == at::kFloat || (dtype == at::kBFloat16 && onednn().bf16));
+}
+
 bool can_run(Backend b, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
   // Empty products (k = 0: zeros) are ATen's.
   if (m <= 0 || n <= 0 || k <= 0) return b == Backend::kATen;
@@ -146,6 +155,8 @@ bool can_run(Backend b, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
       return dtype == at::kFloat && own_kernels() != nullptr;
     case Backend::kOneDNN:
       return onednn_runs(dtype);
+    case Backend::kDnnl:
+      return dnnl_runs(dtype);
     case Backend::kATen:
       return true;
   }
@@ -163,6 +174,14 @@ constexpr int64_t kMklSmallMacs = int64_t{1} << 23;
 constexpr int64_t kFewRows = 16;
 constexpr int64_t kManyRows = 512;
 constexpr int64_t kShortK = 16;
+// The dnnl backend on Intel with AVX-512 (oneDNN 3.2 linked directly, against
+// MKL and the oneDNN inside torch): MKL matched it from 2^33 multiply-adds
+// (float32); torch's newer oneDNN was faster on bfloat16 products from 2^28
+// multiply-adds (its AMX kernels) and on single rows whose weight has
+// >= 2^18 elements.
+constexpr int64_t kHugeMacs = int64_t{1} << 33;
+constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
+constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // Our kernels' 8 x 48 tiles waste most of their work below 16 rows or 8
 // columns, and packing B costs more than a small product.
 bool own_fits(int64_t m, int64_t n) { return m >= 16 && n >= 8; }
@@ -182,13 +201,25 @@ Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t
     return Backend::kATen;
   }
   if (!onednn_runs(dtype)) return Backend::kATen;
+  const int64_t macs = m * n * k;
+  if (cpu.intel_avx512 && dnnl_runs(dtype)) {
+    // oneDNN linked directly: no fixed cost per call, so it beat oneDNN's
+    // operator and MKL on small and mid-size products; MKL stays ahead below
+    // 16 rows (float32), the newer oneDNN inside torch on large bfloat16
+    // products and on single rows with a large weight.
+    if (dtype == at::kFloat) {
+      return m < kFewRows || macs < kTinyMacs || macs >= kHugeMacs ? Backend::kATen
+                                                                   : Backend::kDnnl;
+    }
+    return macs >= kDnnlBf16Macs || (m == 1 && n * k >= kGemvWeight) ? Backend::kOneDNN
+                                                                     : Backend::kDnnl;
+  }
   if (dtype == at::kFloat) {
     const bool masked = use == Use::kForwardMasked;
     // The training forward of output-bound shapes on Zen 5: our kernels
     // write the output and its mask once, where MKL runs AVX2 code and
     // oneDNN's route needs a second pass over the output for the mask.
     if (masked && cpu.zen5_avx512 && own_fits(m, n) && output_bound(m, n, k)) return Backend::kOwn;
-    const int64_t macs = m * n * k;
     if (macs < kTinyMacs) return Backend::kATen;
     if (cpu.intel_avx512) {
       // oneDNN's post-op route pays only without the mask's extra pass.
@@ -404,9 +435,47 @@ bool nan_free(float a_max, float w_max, int64_t k, const Tensor& bias) {
   return bound < 1e37;
 }
 
+// The mask bits of a contiguous output that a ReLU post-op wrote (out > 0:
+// the pre-activation was not <= 0 and nothing was NaN).
+void mask_of_output(const Tensor& t, uint8_t* mask) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
+    const auto fn = fused_linear_relu_kernels().get<scalar_t>().positive_mask;
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    const int64_t total = t.numel();
+    constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)
+    at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        fn(p + c * kChunk, std::min(kChunk, total - c * kChunk), mask + c * kChunk / 8);
+      }
+    });
+  });
+}
+
 // Whether a contiguous tensor holds Inf or NaN.
 bool has_non_finite(const Tensor& t) {
   return max_abs(t) == std::numeric_limits<float>::infinity();
+}
+
+// Whether oneDNN's ReLU post-op may run for a @ w^T + bias with epilogue ep:
+// where scanning the inputs costs less than our pass over the output (without
+// the mask, a read and a write of the output: (m + n) k <= 2 m n; with it,
+// output-bound shapes, and only where `with_mask`: the mask then takes a pass
+// over the whole output) and the scan shows no NaN can arise (nan_free). kATen:
+// a 16-bit input is not finite (guard: the AMX fault below); the scan then
+// clears `guard` where it found the inputs finite.
+enum class PostOp { kYes, kNo, kATen };
+
+PostOp relu_post_op(const Tensor& a, const Tensor& w, const Tensor& bias, const Epilogue& ep,
+                    bool with_mask, bool& guard) {
+  const int64_t m = a.size(0), k = a.size(1), n = w.size(0);
+  const bool scans_pay =
+      ep.mask == nullptr ? (m + n) * k <= 2 * m * n : with_mask && output_bound(m, n, k);
+  if (!scans_pay || !a.is_contiguous() || !w.is_contiguous()) return PostOp::kNo;
+  const float a_max = max_abs(a), w_max = max_abs(w);
+  const float inf = std::numeric_limits<float>::infinity();
+  if (guard && !(a_max < inf && w_max < inf)) return PostOp::kATen;
+  guard = false;  // finite inputs: nothing for the AMX fault to spread
+  return nan_free(a_max, w_max, k, bias) ? PostOp::kYes : PostOp::kNo;
 }
 
 // oneDNN writes a new tensor: without an epilogue it is the result (or is
@@ -443,29 +512,12 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
     }
     return c;
   }
-  // Without the mask, skipping our ReLU pass (a read and a write of the
-  // output) pays wherever the scans read less: (m + n) k <= 2 m n.
-  const bool scans_pay = ep->mask == nullptr ? (m + n) * k <= 2 * m * n : output_bound(m, n, k);
-  if (scans_pay && !c.defined() && a.is_contiguous() && w.is_contiguous()) {
-    const float a_max = max_abs(a), w_max = max_abs(w);
-    const float inf = std::numeric_limits<float>::infinity();
-    if (guard && !(a_max < inf && w_max < inf)) return aten_mm(a, b, std::move(c), false, ep);
-    guard = false;  // finite inputs: nothing for the AMX fault to spread
-    if (nan_free(a_max, w_max, k, bias)) {
+  if (!c.defined()) {
+    const PostOp po = relu_post_op(a, w, bias, *ep, true, guard);
+    if (po == PostOp::kATen) return aten_mm(a, b, std::move(c), false, ep);
+    if (po == PostOp::kYes) {
       Tensor t = onednn_linear(a, w, bias, "relu");
-      if (ep->mask != nullptr) {
-        AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "mask", [&] {
-          const auto fn = fused_linear_relu_kernels().get<scalar_t>().positive_mask;
-          const scalar_t* p = t.const_data_ptr<scalar_t>();
-          const int64_t total = m * n;
-          constexpr int64_t kChunk = 1 << 15;  // elements: a multiple of 8 (mask bytes)
-          at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
-            for (int64_t c = c0; c < c1; ++c) {
-              fn(p + c * kChunk, std::min(kChunk, total - c * kChunk), ep->mask + c * kChunk / 8);
-            }
-          });
-        });
-      }
+      if (ep->mask != nullptr) mask_of_output(t, ep->mask);
       return t;
     }
   }
@@ -486,6 +538,78 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
   return c;
 }
 
+// A 2-D tensor as a oneDNN operand: plain strides with one unit stride (a
+// size-1 dimension counts as either); anything else is copied contiguous
+// into `keep` first.
+dnnl::Operand dnnl_operand(const Tensor& t, Tensor& keep) {
+  const int64_t r = t.size(0), c = t.size(1);
+  int64_t rs = t.stride(0), cs = t.stride(1);
+  if (r == 1) rs = c * std::max<int64_t>(cs, 1);
+  if (c == 1) cs = 1;
+  if (!((cs == 1 && rs >= c) || (rs == 1 && cs >= r))) {
+    keep = t.contiguous();
+    return {keep.const_data_ptr(), c, 1};
+  }
+  return {t.const_data_ptr(), rs, cs};
+}
+
+// oneDNN's matmul, called directly (dnnl_matmul.h): writes into c (or its
+// row blocks) itself, so the ReLU + mask pass after it runs on each block in
+// cache with no copy, and the primitive is ours to keep (a call costs a few
+// microseconds, where the dispatcher's operator costs ~15). The ReLU post-op
+// and the 16-bit guard follow onednn_mm's rules.
+Tensor dnnl_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  const dnnl::Type type = a.scalar_type() == at::kBFloat16 ? dnnl::Type::kBF16 : dnnl::Type::kF32;
+  Tensor a_keep, b_keep;
+  const dnnl::Operand ao = dnnl_operand(a, a_keep), bo = dnnl_operand(b, b_keep);
+  const Tensor bias = ep != nullptr && ep->bias.defined() ? ep->bias.contiguous() : Tensor();
+  const int64_t es = a.element_size();
+  // Rows r0.. of the product (+ bias, + ReLU post-op) into out.
+  const auto product = [&](int64_t r0, const Tensor& out, bool relu, bool acc) {
+    const dnnl::Operand ar{static_cast<const char*>(ao.data) + r0 * ao.row_stride * es,
+                           ao.row_stride, ao.col_stride};
+    const std::string err = dnnl::matmul(type, out.size(0), n, k, ar, bo,
+                                         bias.defined() ? bias.const_data_ptr() : nullptr,
+                                         out.data_ptr(), out.stride(0), relu, acc);
+    TORCH_CHECK(err.empty(),
+                "fused_linear_relu: oneDNN's matmul (CPU product backend 'dnnl') failed for ",
+                out.size(0), "x", k, " @ ", k, "x", n, ": ", err);
+  };
+  bool guard = es == 2;
+  if (ep == nullptr) {
+    if (!c.defined()) c = at::empty({m, n}, a.options());
+    // 16-bit: the product alone is checked, so an accumulating one goes
+    // through a temporary.
+    const Tensor t = guard && accumulate ? at::empty({m, n}, a.options()) : c;
+    product(0, t, false, accumulate && !guard);
+    if (guard && has_non_finite(t)) return aten_mm(a, b, std::move(c), accumulate, nullptr);
+    if (t.data_ptr() != c.data_ptr()) c.add_(t);
+    return c;
+  }
+  PostOp po = PostOp::kNo;
+  if (!c.defined()) {
+    c = at::empty({m, n}, a.options());
+    po = relu_post_op(a, b.t(), bias, *ep, true, guard);
+    if (po == PostOp::kATen) return aten_mm(a, b, std::move(c), false, ep);
+  }
+  // Per row block (block_rows), while it is in cache: our ReLU + mask pass,
+  // or, after the post-op, the mask read off the block. (Blocks of 1 MiB and
+  // 512 KiB were no faster: docs/cpu_gemm.md.)
+  const int64_t brows = block_rows(n, k, es);
+  for (int64_t r0 = 0; r0 < m; r0 += brows) {
+    const Tensor cb = c.narrow(0, r0, std::min(m, r0 + brows) - r0);
+    product(r0, cb, po == PostOp::kYes, false);
+    if (po == PostOp::kYes) {
+      if (ep->mask != nullptr) mask_of_output(cb, ep->mask + r0 * n / 8);
+      continue;
+    }
+    if (guard && has_non_finite(cb)) return aten_mm(a, b, std::move(c), false, ep);
+    relu_pass(cb, cb, Tensor(), ep->mask, r0);
+  }
+  return c;
+}
+
 }  // namespace
 
 const char* name(Backend backend) {
@@ -494,6 +618,8 @@ const char* name(Backend backend) {
       return "own";
     case Backend::kOneDNN:
       return "onednn";
+    case Backend::kDnnl:
+      return "dnnl";
     case Backend::kATen:
       return "aten";
   }
@@ -504,6 +630,7 @@ Backend choose(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
   const Mode md = mode();
   const Backend forced = md == Mode::kOwn      ? Backend::kOwn
                          : md == Mode::kOneDNN ? Backend::kOneDNN
+                         : md == Mode::kDnnl   ? Backend::kDnnl
                                                : Backend::kATen;
   if (md != Mode::kAuto && can_run(forced, dtype, m, n, k)) return forced;
   return choose_auto(use, dtype, m, n, k);
@@ -518,6 +645,8 @@ Tensor mm(Backend backend, const Tensor& a, const Tensor& b, Tensor c, bool accu
       return own_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kOneDNN:
       return onednn_mm(a, b, std::move(c), accumulate, ep);
+    case Backend::kDnnl:
+      return dnnl_mm(a, b, std::move(c), accumulate, ep);
     case Backend::kATen:
       break;
   }
@@ -543,6 +672,7 @@ std::string describe() {
   s << (md == Mode::kAuto     ? "auto"
         : md == Mode::kOwn    ? "own"
         : md == Mode::kOneDNN ? "onednn"
+        : md == Mode::kDnnl   ? "dnnl"
                               : "aten");
   // The choice for a few representative products.
   struct Probe {
@@ -564,6 +694,10 @@ std::string describe() {
     s << sep << p.what << " " << name(choose(p.use, p.dtype, p.m, p.n, p.k));
     sep = ", ";
   }
+  s << "; dnnl: "
+    << (dnnl::available()
+            ? "oneDNN " + dnnl::version()
+            : std::string("not built (onednn-cpu-gomp was not installed at build time)"));
   return s.str();
 }
 

@@ -14,16 +14,16 @@
 
 namespace torch_relu_ext::cpu::gemm {
 
-enum class Backend : uint8_t { kOwn, kOneDNN, kATen };
+enum class Backend : uint8_t { kOwn, kOneDNN, kDnnl, kATen };
 
 // The product's role: the forward x @ W^T without the mask (inference) or
 // with it (training), grad_input G @ W, grad_weight G^T @ x.
 enum class Use : uint8_t { kForward, kForwardMasked, kGradInput, kGradWeight };
 
-const char* name(Backend backend);  // "own", "onednn", "aten"
+const char* name(Backend backend);  // "own", "onednn", "dnnl", "aten"
 
 // The backend for an (m x k) @ (k x n) product of `dtype`. Follows
-// TORCH_RELU_EXT_CPU_GEMM (auto|own|onednn|aten; anything else is an error
+// TORCH_RELU_EXT_CPU_GEMM (auto|own|onednn|dnnl|aten; anything else is an error
 // naming the variable); a forced backend that cannot run this product (dtype,
 // CPU, an empty product) gives way to the auto choice. Depends only on the arguments and
 // the process (CPU, setting), never on the thread count.
