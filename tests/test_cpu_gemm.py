@@ -204,9 +204,9 @@ def test_dnnl_is_built_where_its_package_is_installed():
 
 
 def test_dnnl_results_do_not_depend_on_thread_count():
-    """oneDNN's matmul, linked directly: the forward (float32 and bfloat16)
-    was bitwise equal on 1, 2 and 7 threads on every shape tried; oneDNN
-    documents no such guarantee, so this pins what was measured."""
+    """oneDNN's matmul, linked directly: the forward and backward (float32
+    and bfloat16) were bitwise equal on 1, 2 and 7 threads on every shape
+    tried; oneDNN documents no such guarantee, so this pins what was seen."""
     if not dnnl_built():
         pytest.skip("built without oneDNN's library")
     threads = torch.get_num_threads()
@@ -214,11 +214,14 @@ def test_dnnl_results_do_not_depend_on_thread_count():
     try:
         for dtype in (torch.float32, torch.bfloat16):
             torch.manual_seed(3)
-            x, w, b = torch.randn(300, 70).to(dtype), torch.randn(130, 70).to(dtype), torch.randn(130).to(dtype)
+            x, w, b = torch.randn(2048, 13).to(dtype), torch.randn(130, 13).to(dtype), torch.randn(130).to(dtype)
+            g = torch.randn(2048, 130).to(dtype)
             res = []
             for n in (1, 2, 7):
                 torch.set_num_threads(n)
-                res.append((*ops.fused_linear_relu_forward(x, w, b), ops.fused_linear_relu(x, w, b)))
+                out, mask = ops.fused_linear_relu_forward(x, w, b)
+                grads = ops.fused_linear_relu_backward(g, x, w, mask, [True] * 3)
+                res.append((out, mask, ops.fused_linear_relu(x, w, b), *grads))
             for other in res[1:]:
                 for a, e in zip(res[0], other):
                     assert torch.equal(a, e)

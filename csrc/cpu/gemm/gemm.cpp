@@ -190,14 +190,24 @@ bool own_fits(int64_t m, int64_t n) { return m >= 16 && n >= 8; }
 // is bound by writing the output (the same test as oneDNN's post-op route).
 bool output_bound(int64_t m, int64_t n, int64_t k) { return (m + n) * k * 4 <= m * n; }
 
+// Its converse: a product that reads far more than it writes (both gradient
+// products of an output-bound forward are such).
+bool input_bound(int64_t m, int64_t n, int64_t k) { return (m + k) * n * 4 <= m * k; }
+
 Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
   if (m <= 0 || n <= 0 || k <= 0) return Backend::kATen;
   const CpuClass& cpu = cpu_class();
   if (use == Use::kGradInput || use == Use::kGradWeight) {
     // ATen's mm beat oneDNN's operator (which takes the weight as n x k and
     // copies transposed operands) on every gradient product measured; our
-    // kernels beat MKL's AVX2 code on Zen 5.
+    // kernels beat MKL's AVX2 code on Zen 5. oneDNN linked directly beat
+    // MKL on products that read far more than they write (the gradients of
+    // output-bound forwards) and ATen's bfloat16 route on small products.
     if (dtype == at::kFloat && cpu.zen5_avx512 && own_fits(m, n)) return Backend::kOwn;
+    if (cpu.intel_avx512 && dnnl_runs(dtype) &&
+        (input_bound(m, n, k) || (dtype == at::kBFloat16 && m * n * k < kMklSmallMacs))) {
+      return Backend::kDnnl;
+    }
     return Backend::kATen;
   }
   if (!onednn_runs(dtype)) return Backend::kATen;
