@@ -176,9 +176,9 @@ constexpr int64_t kManyRows = 512;
 constexpr int64_t kShortK = 16;
 // The dnnl backend on Intel with AVX-512 (oneDNN 3.2 linked directly, against
 // MKL and the oneDNN inside torch): MKL matched it from 2^33 multiply-adds
-// (float32); torch's newer oneDNN was faster on bfloat16 products from 2^28
-// multiply-adds (its AMX kernels) and on single rows whose weight has
-// >= 2^18 elements.
+// (float32); torch's newer oneDNN was faster on bfloat16 products above 2^28
+// multiply-adds (its AMX kernels; at 2^28 they were even) and on single rows
+// whose weight has >= 2^18 elements.
 constexpr int64_t kHugeMacs = int64_t{1} << 33;
 constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
 constexpr int64_t kGemvWeight = int64_t{1} << 18;
@@ -221,7 +221,7 @@ Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t
       return m < kFewRows || macs < kTinyMacs || macs >= kHugeMacs ? Backend::kATen
                                                                    : Backend::kDnnl;
     }
-    return macs >= kDnnlBf16Macs || (m == 1 && n * k >= kGemvWeight) ? Backend::kOneDNN
+    return macs > kDnnlBf16Macs || (m == 1 && n * k >= kGemvWeight) ? Backend::kOneDNN
                                                                      : Backend::kDnnl;
   }
   if (dtype == at::kFloat) {
