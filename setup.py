@@ -90,9 +90,10 @@ if os.environ.get("TORCH_RELU_EXT_SANITIZE", "0") not in ("", "0"):
 DNNL_DIR = dnnl_library()
 if DNNL_DIR is not None:
     CXX_FLAGS += ["-DRELU_EXT_WITH_DNNL"]
-    # Found where it is now (in-place builds) or, once installed, in the
-    # environment's lib/ beside lib/pythonX.Y/site-packages/torch_relu_ext.
-    LINK_FLAGS += [f"-L{DNNL_DIR}", "-l:libdnnl.so.3", f"-Wl,-rpath,{DNNL_DIR}", "-Wl,-rpath,$ORIGIN/../../.."]
+    # Installed, first in the environment's own lib/ (beside
+    # lib/pythonX.Y/site-packages/torch_relu_ext), so that a wheel never loads
+    # the build machine's copy; built in place, where it is now.
+    LINK_FLAGS += [f"-L{DNNL_DIR}", "-l:libdnnl.so.3", "-Wl,-rpath,$ORIGIN/../../..", f"-Wl,-rpath,{DNNL_DIR}"]
 COMMON = dict(
     name="torch_relu_ext._C",
     depends=HEADERS,

@@ -187,6 +187,32 @@ def test_own_results_do_not_depend_on_thread_count():
             assert torch.equal(a, e)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_sixteen_bit_aten_route_rounds_once_like_eager(dtype):
+    """ATen's 16-bit route puts the bias into the product (addmm), as eager's
+    F.linear does: one rounding, so outputs and mask bits equal eager's bit
+    for bit. Taken when forced, and under auto whenever an input holds NaN or
+    Inf (oneDNN's AMX guard). Adding the bias after a rounded product flipped
+    895 mask bits of this layer against float64 (pre-activations near 0)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    x, w, b = torch.randn(2048, 479), torch.randn(1024, 479) / 479**0.5, torch.randn(1024)
+    x[0, 0] = float("nan")
+    x, w, b = x.to(dtype), w.to(dtype), b.to(dtype)
+    eager = F.relu(F.linear(x, w, b))
+    for setting in ("aten", "auto"):
+        _C.set_cpu_gemm(setting)
+        try:
+            out, mask = ops.fused_linear_relu_forward(x, w, b)
+            inf = ops.fused_linear_relu(x, w, b)
+        finally:
+            _C.set_cpu_gemm("auto")
+        assert torch.equal(out.nan_to_num(7.0), eager.nan_to_num(7.0)), setting
+        assert torch.equal(inf.nan_to_num(7.0), eager.nan_to_num(7.0)), setting
+        assert torch.equal(ops.relu_mask_unpack(mask, [2048, 1024]), ~(F.linear(x, w, b) <= 0)), setting
+
+
 def dnnl_built():
     return "dnnl: oneDNN" in _C.cpu_gemm()
 

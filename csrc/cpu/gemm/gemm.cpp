@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -222,7 +223,7 @@ Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t
                                                                    : Backend::kDnnl;
     }
     return macs > kDnnlBf16Macs || (m == 1 && n * k >= kGemvWeight) ? Backend::kOneDNN
-                                                                     : Backend::kDnnl;
+                                                                    : Backend::kDnnl;
   }
   if (dtype == at::kFloat) {
     const bool masked = use == Use::kForwardMasked;
@@ -387,12 +388,20 @@ Tensor aten_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
     return c;
   }
   const Tensor bias = ep->bias.defined() ? ep->bias.contiguous() : Tensor();
+  // 16-bit: the bias goes into the product (addmm, as eager's F.linear), so
+  // the pre-activation is rounded once: added afterwards, a second rounding
+  // of a sum that nearly cancels can flip its sign and the mask bit.
+  const bool bias_in_product = bias.defined() && a.element_size() == 2;
   const int64_t brows = block_rows(n, k, a.element_size());
   for (int64_t r0 = 0; r0 < m; r0 += brows) {
     const int64_t r1 = std::min(m, r0 + brows);
     Tensor cb = c.narrow(0, r0, r1 - r0);
-    at::mm_out(cb, a.narrow(0, r0, r1 - r0), b);
-    relu_pass(cb, cb, bias, ep->mask, r0);
+    if (bias_in_product) {
+      at::addmm_out(cb, bias, a.narrow(0, r0, r1 - r0), b);
+    } else {
+      at::mm_out(cb, a.narrow(0, r0, r1 - r0), b);
+    }
+    relu_pass(cb, cb, bias_in_product ? Tensor() : bias, ep->mask, r0);
   }
   return c;
 }
@@ -467,19 +476,22 @@ bool has_non_finite(const Tensor& t) {
 }
 
 // Whether oneDNN's ReLU post-op may run for a @ w^T + bias with epilogue ep:
-// where scanning the inputs costs less than our pass over the output (without
-// the mask, a read and a write of the output: (m + n) k <= 2 m n; with it,
-// output-bound shapes, and only where `with_mask`: the mask then takes a pass
-// over the whole output) and the scan shows no NaN can arise (nan_free). kATen:
+// where scanning the inputs costs less than what the post-op saves, and the
+// scan shows no NaN can arise (nan_free). Without the mask it saves our pass
+// (a read and a write of the output): (m + n) k <= 2 m n. With it, the mask
+// is read off the output: per block in cache (`mask_per_block`) that saves
+// the pass's write, (m + n) k <= m n; over the whole output afterwards it
+// pays only on output-bound shapes. kATen:
 // a 16-bit input is not finite (guard: the AMX fault below); the scan then
 // clears `guard` where it found the inputs finite.
 enum class PostOp { kYes, kNo, kATen };
 
 PostOp relu_post_op(const Tensor& a, const Tensor& w, const Tensor& bias, const Epilogue& ep,
-                    bool with_mask, bool& guard) {
+                    bool mask_per_block, bool& guard) {
   const int64_t m = a.size(0), k = a.size(1), n = w.size(0);
-  const bool scans_pay =
-      ep.mask == nullptr ? (m + n) * k <= 2 * m * n : with_mask && output_bound(m, n, k);
+  const bool scans_pay = ep.mask == nullptr ? (m + n) * k <= 2 * m * n
+                         : mask_per_block   ? (m + n) * k <= m * n
+                                            : output_bound(m, n, k);
   if (!scans_pay || !a.is_contiguous() || !w.is_contiguous()) return PostOp::kNo;
   const float a_max = max_abs(a), w_max = max_abs(w);
   const float inf = std::numeric_limits<float>::infinity();
@@ -523,7 +535,7 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
     return c;
   }
   if (!c.defined()) {
-    const PostOp po = relu_post_op(a, w, bias, *ep, true, guard);
+    const PostOp po = relu_post_op(a, w, bias, *ep, false, guard);
     if (po == PostOp::kATen) return aten_mm(a, b, std::move(c), false, ep);
     if (po == PostOp::kYes) {
       Tensor t = onednn_linear(a, w, bias, "relu");
