@@ -46,7 +46,8 @@ struct Entry {
 
 // The primitives, shared by all threads (executing one primitive from
 // several threads at once is safe with a user scratchpad). Bounded: a new
-// batch size is a new entry, so a full cache starts again.
+// batch size is a new entry, so a full cache starts again (entries in use
+// live on in the threads' Bound objects).
 std::shared_ptr<const Entry> lookup(const Key& key) {
   static std::mutex mu;
   static auto* cache = new std::map<Key, std::shared_ptr<const Entry>>();
@@ -80,6 +81,30 @@ std::shared_ptr<const Entry> lookup(const Key& key) {
   std::lock_guard<std::mutex> lock(mu);
   if (cache->size() >= kCapacity) cache->clear();
   return cache->emplace(key, std::move(e)).first->second;
+}
+
+// A thread's memory objects for one primitive, made once: a call only points
+// them at its data (creating them each call cost more than a tiny product).
+struct Bound {
+  std::shared_ptr<const Entry> e;
+  std::unordered_map<int, memory> args;
+};
+
+Bound& bound(const Key& key) {
+  constexpr size_t kCapacity = 512;
+  thread_local std::map<Key, Bound> local;
+  const auto it = local.find(key);
+  if (it != local.end()) return it->second;
+  if (local.size() >= kCapacity) local.clear();
+  Bound b{lookup(key), {}};
+  b.args.emplace(DNNL_ARG_SRC, memory(b.e->a, engine(), DNNL_MEMORY_NONE));
+  b.args.emplace(DNNL_ARG_WEIGHTS, memory(b.e->b, engine(), DNNL_MEMORY_NONE));
+  b.args.emplace(DNNL_ARG_DST, memory(b.e->c, engine(), DNNL_MEMORY_NONE));
+  if (key.bias != 0) b.args.emplace(DNNL_ARG_BIAS, memory(b.e->bias, engine(), DNNL_MEMORY_NONE));
+  if (b.e->scratch.get_size() > 0) {
+    b.args.emplace(DNNL_ARG_SCRATCHPAD, memory(b.e->scratch, engine(), DNNL_MEMORY_NONE));
+  }
+  return local.emplace(key, std::move(b)).first->second;
 }
 
 // A thread's scratchpad, kept between calls (64-byte aligned).
@@ -120,19 +145,18 @@ std::string matmul(Type type, int64_t m, int64_t n, int64_t k, Operand a, Operan
                   bias != nullptr ? 1 : 0,
                   relu ? 1 : 0,
                   accumulate ? 1 : 0};
-    const std::shared_ptr<const Entry> e = lookup(key);
-    const size_t scratch_bytes = e->scratch.get_size();
-    void* scratch = scratch_bytes > 0 ? scratchpad(scratch_bytes) : nullptr;
-    if (scratch_bytes > 0 && scratch == nullptr) return "out of memory for a scratchpad";
-    std::unordered_map<int, memory> args{
-        {DNNL_ARG_SRC, memory(e->a, engine(), const_cast<void*>(a.data))},
-        {DNNL_ARG_WEIGHTS, memory(e->b, engine(), const_cast<void*>(b.data))},
-        {DNNL_ARG_DST, memory(e->c, engine(), c)},
-    };
-    if (bias != nullptr)
-      args.emplace(DNNL_ARG_BIAS, memory(e->bias, engine(), const_cast<void*>(bias)));
-    if (scratch_bytes > 0) args.emplace(DNNL_ARG_SCRATCHPAD, memory(e->scratch, engine(), scratch));
-    e->prim.execute(stream(), args);
+    Bound& bd = bound(key);
+    const size_t scratch_bytes = bd.e->scratch.get_size();
+    if (scratch_bytes > 0) {
+      void* scratch = scratchpad(scratch_bytes);
+      if (scratch == nullptr) return "out of memory for a scratchpad";
+      bd.args.at(DNNL_ARG_SCRATCHPAD).set_data_handle(scratch);
+    }
+    bd.args.at(DNNL_ARG_SRC).set_data_handle(const_cast<void*>(a.data));
+    bd.args.at(DNNL_ARG_WEIGHTS).set_data_handle(const_cast<void*>(b.data));
+    bd.args.at(DNNL_ARG_DST).set_data_handle(c);
+    if (bias != nullptr) bd.args.at(DNNL_ARG_BIAS).set_data_handle(const_cast<void*>(bias));
+    bd.e->prim.execute(stream(), bd.args);
     stream().wait();
     return "";
   } catch (const ::dnnl::error& err) {
