@@ -38,7 +38,7 @@ def dnnl_library():
     """The directory of oneDNN's library from the onednn-cpu-gomp package
     (csrc/cpu/gemm/dnnl_matmul.h), or None: not installed, or
     TORCH_RELU_EXT_DNNL=0. Without it the `dnnl` product backend is left out."""
-    if os.environ.get("TORCH_RELU_EXT_DNNL", "1") in ("", "0"):
+    if os.environ.get("TORCH_RELU_EXT_DNNL", "1").strip().lower() in ("", "0", "off", "false", "no"):
         return None
     try:
         from importlib.metadata import PackageNotFoundError, distribution

@@ -3,6 +3,7 @@
 
 #if defined(RELU_EXT_WITH_DNNL)
 
+#include <omp.h>
 #include <dnnl.hpp>
 
 #include <cstdlib>
@@ -20,11 +21,11 @@ using ::dnnl::memory;
 // One primitive per product layout: the key is everything its descriptor
 // depends on.
 struct Key {
-  int64_t type, m, n, k, a_rs, a_cs, b_rs, b_cs, ldc, bias, relu, accumulate;
+  int64_t type, m, n, k, a_rs, a_cs, b_rs, b_cs, ldc, bias, relu, accumulate, threads;
   bool operator<(const Key& o) const {
-    return std::tie(type, m, n, k, a_rs, a_cs, b_rs, b_cs, ldc, bias, relu, accumulate) <
+    return std::tie(type, m, n, k, a_rs, a_cs, b_rs, b_cs, ldc, bias, relu, accumulate, threads) <
            std::tie(o.type, o.m, o.n, o.k, o.a_rs, o.a_cs, o.b_rs, o.b_cs, o.ldc, o.bias, o.relu,
-                    o.accumulate);
+                    o.accumulate, o.threads);
   }
 };
 
@@ -51,7 +52,7 @@ struct Entry {
 std::shared_ptr<const Entry> lookup(const Key& key) {
   static std::mutex mu;
   static auto* cache = new std::map<Key, std::shared_ptr<const Entry>>();
-  constexpr size_t kCapacity = 512;
+  constexpr size_t kCapacity = 256;
   {
     std::lock_guard<std::mutex> lock(mu);
     const auto it = cache->find(key);
@@ -91,7 +92,7 @@ struct Bound {
 };
 
 Bound& bound(const Key& key) {
-  constexpr size_t kCapacity = 512;
+  constexpr size_t kCapacity = 64;  // each holds a primitive (JIT code) alive
   thread_local std::map<Key, Bound> local;
   const auto it = local.find(key);
   if (it != local.end()) return it->second;
@@ -123,11 +124,29 @@ void* scratchpad(size_t bytes) {
 
 }  // namespace
 
-bool available() { return true; }
+namespace {
 
-std::string version() {
+// Why the loaded library cannot serve, or "".
+std::string unusable() {
   const dnnl_version_t* v = dnnl_version();
-  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  if (v->major < 3 || (v->major == 3 && v->minor < 2)) return "older than 3.2";
+  if (v->cpu_runtime != DNNL_RUNTIME_OMP) return "not OpenMP-threaded";
+  return "";
+}
+
+}  // namespace
+
+bool available() {
+  static const bool ok = unusable().empty();
+  return ok;
+}
+
+std::string describe() {
+  const dnnl_version_t* v = dnnl_version();
+  std::string s = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+                  std::to_string(v->patch);
+  const std::string why = unusable();
+  return why.empty() ? s : s + " (unused: " + why + ")";
 }
 
 std::string matmul(Type type, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
@@ -144,7 +163,8 @@ std::string matmul(Type type, int64_t m, int64_t n, int64_t k, Operand a, Operan
                   ldc,
                   bias != nullptr ? 1 : 0,
                   relu ? 1 : 0,
-                  accumulate ? 1 : 0};
+                  accumulate ? 1 : 0,
+                  omp_get_max_threads()};
     Bound& bd = bound(key);
     const size_t scratch_bytes = bd.e->scratch.get_size();
     if (scratch_bytes > 0) {
@@ -173,7 +193,10 @@ namespace torch_relu_ext::cpu::gemm::dnnl {
 
 bool available() { return false; }
 
-std::string version() { return ""; }
+std::string describe() {
+  return "not built (onednn-cpu-gomp was not installed at build time, or TORCH_RELU_EXT_DNNL was "
+         "off)";
+}
 
 std::string matmul(Type, int64_t, int64_t, int64_t, Operand, Operand, const void*, void*, int64_t,
                    bool, bool) {

@@ -19,16 +19,21 @@ struct Operand {
   int64_t row_stride, col_stride;
 };
 
-// Whether the library was linked into this build.
+// Whether the library was linked into this build and the copy loaded can
+// serve: oneDNN >= 3.2 threaded with OpenMP (torch's runtime; a TBB build
+// found first on LD_LIBRARY_PATH would be a second thread pool).
 bool available();
 
-// The linked library's version ("3.2.0"), or "" without it.
-std::string version();
+// For reports: "oneDNN 3.2.0", "oneDNN 3.5.0 (unused: not OpenMP-threaded)",
+// or "not built (...)".
+std::string describe();
 
 // c (m x n, row stride ldc, unit column stride) = a (m x k) @ b (k x n)
 // [+ bias (n values, may be null)] [then ReLU (oneDNN's: NaN becomes 0)];
 // with accumulate, c += a @ b (no bias, no ReLU). m, n, k > 0. Returns "" or
-// the library's error. Thread-safe; uses the calling thread's OpenMP team.
+// the library's error. Thread-safe; runs on the calling thread's OpenMP
+// threads (omp_get_max_threads(), part of the primitive's key: oneDNN fixes
+// a primitive's thread count when it is made).
 std::string matmul(Type type, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
                    const void* bias, void* c, int64_t ldc, bool relu, bool accumulate);
 

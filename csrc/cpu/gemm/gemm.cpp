@@ -388,11 +388,14 @@ Tensor aten_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
     return c;
   }
   const Tensor bias = ep->bias.defined() ? ep->bias.contiguous() : Tensor();
-  // 16-bit: the bias goes into the product (addmm, as eager's F.linear), so
-  // the pre-activation is rounded once: added afterwards, a second rounding
-  // of a sum that nearly cancels can flip its sign and the mask bit.
-  const bool bias_in_product = bias.defined() && a.element_size() == 2;
-  const int64_t brows = block_rows(n, k, a.element_size());
+  // 16-bit: one product of all rows with the bias in it (addmm), exactly
+  // eager's F.linear. The bias added afterwards, a second rounding of a sum
+  // that nearly cancels flipped its sign and the mask bit; and a product of
+  // fewer rows is another oneDNN product inside ATen, whose AMX kernels can
+  // put NaN into a finite row next to an Inf one where eager's does not.
+  const bool sixteen_bit = a.element_size() == 2;
+  const bool bias_in_product = bias.defined() && sixteen_bit;
+  const int64_t brows = sixteen_bit ? m : block_rows(n, k, a.element_size());
   for (int64_t r0 = 0; r0 < m; r0 += brows) {
     const int64_t r1 = std::min(m, r0 + brows);
     Tensor cb = c.narrow(0, r0, r1 - r0);
@@ -600,13 +603,13 @@ Tensor dnnl_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
   };
   bool guard = es == 2;
   if (ep == nullptr) {
+    // 16-bit accumulation: the product alone could not be checked, and adding
+    // it afterwards would round twice; ATen's addmm_ does neither (no caller
+    // reaches this today: 16-bit gradients are one block).
+    if (guard && accumulate) return aten_mm(a, b, std::move(c), true, nullptr);
     if (!c.defined()) c = at::empty({m, n}, a.options());
-    // 16-bit: the product alone is checked, so an accumulating one goes
-    // through a temporary.
-    const Tensor t = guard && accumulate ? at::empty({m, n}, a.options()) : c;
-    product(0, t, false, accumulate && !guard);
-    if (guard && has_non_finite(t)) return aten_mm(a, b, std::move(c), accumulate, nullptr);
-    if (t.data_ptr() != c.data_ptr()) c.add_(t);
+    product(0, c, false, accumulate);
+    if (guard && has_non_finite(c)) return aten_mm(a, b, std::move(c), false, nullptr);
     return c;
   }
   PostOp po = PostOp::kNo;
@@ -716,10 +719,7 @@ std::string describe() {
     s << sep << p.what << " " << name(choose(p.use, p.dtype, p.m, p.n, p.k));
     sep = ", ";
   }
-  s << "; dnnl: "
-    << (dnnl::available()
-            ? "oneDNN " + dnnl::version()
-            : std::string("not built (onednn-cpu-gomp was not installed at build time)"));
+  s << "; dnnl: " << dnnl::describe();
   return s.str();
 }
 
