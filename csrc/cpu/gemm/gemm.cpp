@@ -709,10 +709,11 @@ std::string describe() {
   const Probe probes[] = {
       {"forward float32 2048x1024x1024", Use::kForward, at::kFloat, 2048, 1024, 1024},
       {"forward float32 4x1024x1024", Use::kForward, at::kFloat, 4, 1024, 1024},
-      {"forward bfloat16", Use::kForward, at::kBFloat16, 2048, 1024, 1024},
-      {"grad_input float32", Use::kGradInput, at::kFloat, 2048, 1024, 1024},
-      {"grad_weight float32", Use::kGradWeight, at::kFloat, 1024, 1024, 2048},
-      {"gradients bfloat16", Use::kGradInput, at::kBFloat16, 2048, 1024, 1024},
+      {"forward bfloat16 2048x1024x1024", Use::kForward, at::kBFloat16, 2048, 1024, 1024},
+      {"forward bfloat16 16x1024x1024", Use::kForward, at::kBFloat16, 16, 1024, 1024},
+      {"grad_input float32 2048x1024x1024", Use::kGradInput, at::kFloat, 2048, 1024, 1024},
+      {"grad_weight float32 1024x1024x2048", Use::kGradWeight, at::kFloat, 1024, 1024, 2048},
+      {"grad_input bfloat16 2048x1024x1024", Use::kGradInput, at::kBFloat16, 2048, 1024, 1024},
   };
   const char* sep = ": ";
   for (const Probe& p : probes) {
