@@ -36,14 +36,16 @@ using at::Tensor;
 
 // ---------------------------------------------------------------- the choice
 
-enum class Mode : uint8_t { kAuto, kOwn, kOneDNN, kDnnl, kATen };
+// The setting: a forced backend, or none (auto).
+using Mode = std::optional<Backend>;
+
+constexpr Backend kBackends[] = {Backend::kOwn, Backend::kOneDNN, Backend::kDnnl, Backend::kATen};
 
 Mode parse_mode(const std::string& v) {
-  if (v.empty() || v == "auto") return Mode::kAuto;
-  if (v == "own") return Mode::kOwn;
-  if (v == "onednn") return Mode::kOneDNN;
-  if (v == "dnnl") return Mode::kDnnl;
-  if (v == "aten") return Mode::kATen;
+  if (v.empty() || v == "auto") return std::nullopt;
+  for (const Backend b : kBackends) {
+    if (v == name(b)) return b;
+  }
   TORCH_CHECK(
       false,
       "torch_relu_ext: TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten' "
@@ -52,16 +54,20 @@ Mode parse_mode(const std::string& v) {
 }
 
 // The setting: TORCH_RELU_EXT_CPU_GEMM, read on first use, or set_mode().
-std::atomic<int> g_mode{-1};
+// Stored as the backend's value, kAutoCode for auto, kUnsetCode before.
+constexpr int kUnsetCode = -2, kAutoCode = -1;
+std::atomic<int> g_mode{kUnsetCode};
+
+int encode(Mode m) { return m.has_value() ? static_cast<int>(*m) : kAutoCode; }
 
 Mode mode() {
   int m = g_mode.load(std::memory_order_relaxed);
-  if (m < 0) {
+  if (m == kUnsetCode) {
     const char* env = std::getenv("TORCH_RELU_EXT_CPU_GEMM");
-    m = static_cast<int>(parse_mode(env != nullptr ? env : ""));
+    m = encode(parse_mode(env != nullptr ? env : ""));
     g_mode.store(m, std::memory_order_relaxed);
   }
-  return static_cast<Mode>(m);
+  return m == kAutoCode ? Mode() : Mode(static_cast<Backend>(m));
 }
 
 // Our AVX-512 kernels, where the AVX-512 loop tables run (ATen's capability,
@@ -653,11 +659,7 @@ const char* name(Backend backend) {
 
 Backend choose(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
   const Mode md = mode();
-  const Backend forced = md == Mode::kOwn      ? Backend::kOwn
-                         : md == Mode::kOneDNN ? Backend::kOneDNN
-                         : md == Mode::kDnnl   ? Backend::kDnnl
-                                               : Backend::kATen;
-  if (md != Mode::kAuto && can_run(forced, dtype, m, n, k)) return forced;
+  if (md.has_value() && can_run(*md, dtype, m, n, k)) return *md;
   return choose_auto(use, dtype, m, n, k);
 }
 
@@ -688,17 +690,13 @@ int64_t block_rows(int64_t n, int64_t k, int64_t elem_size) {
 }
 
 void set_mode(const std::string& setting) {
-  g_mode.store(static_cast<int>(parse_mode(setting)), std::memory_order_relaxed);
+  g_mode.store(encode(parse_mode(setting)), std::memory_order_relaxed);
 }
 
 std::string describe() {
   const Mode md = mode();
   std::ostringstream s;
-  s << (md == Mode::kAuto     ? "auto"
-        : md == Mode::kOwn    ? "own"
-        : md == Mode::kOneDNN ? "onednn"
-        : md == Mode::kDnnl   ? "dnnl"
-                              : "aten");
+  s << (md.has_value() ? name(*md) : "auto");
   // The choice for a few representative products.
   struct Probe {
     const char* what;
