@@ -65,7 +65,7 @@ def main():
     p.add_argument("--budget", type=float, default=0.1, help="seconds per competitor per shape")
     p.add_argument("--backward", action="store_true")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--backends", default="own,onednn,dnnl,aten", help="those to run (own: float32 only)")
+    p.add_argument("--backends", default="own,onednn,dnnl,amx,aten", help="those to run (own: float32 only; amx: bfloat16)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     lp = torch.ops.mkldnn._linear_pointwise
@@ -73,7 +73,8 @@ def main():
     shapes = list(dict.fromkeys(tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")))
     for dname in a.dtypes.split(","):
         dt = DTYPES[dname]
-        backends = [be for be in a.backends.split(",") if be != "own" or dt == torch.float32]
+        only = {"own": torch.float32, "amx": torch.bfloat16}
+        backends = [be for be in a.backends.split(",") if only.get(be, dt) == dt]
         header = None
         for m, k, n in shapes:
             xs = [torch.randn(m, k, dtype=dt) for _ in range(3)]

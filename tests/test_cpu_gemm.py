@@ -16,7 +16,7 @@ from test_fused_linear_relu import check_forward_and_grads, make_input, nan_inf_
 from torch_relu_ext import _C
 
 ops = torch.ops.relu_ext
-BACKENDS = ["own", "onednn", "dnnl", "aten"]
+BACKENDS = ["own", "onednn", "dnnl", "amx", "aten"]
 DNAME = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -144,7 +144,7 @@ def test_auto_choice_is_reported():
 def test_setting_rejects_bad_values():
     for bad in ("mkl", "OWN", "onednn ", "1"):
         with pytest.raises(
-            ValueError, match=f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten'.*got '{bad}'"
+            ValueError, match=f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl', 'amx' or 'aten'.*got '{bad}'"
         ):
             _C.set_cpu_gemm(bad)
     assert _C.cpu_gemm().startswith("auto:")  # unchanged by the failed calls
@@ -157,9 +157,30 @@ def test_environment_variable_bad_value_is_a_clear_error(bad):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert (
-        f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten' (the CPU matrix product of fused_linear_relu), got '{bad}'"
+        f"TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl', 'amx' or 'aten' (the CPU matrix product of fused_linear_relu), got '{bad}'"
         in proc.stderr
     )
+
+
+def results_on_threads(setting, fn, counts=(1, 2, 7)):
+    """fn()'s tensors with the backend forced, on each thread count."""
+    threads = torch.get_num_threads()
+    _C.set_cpu_gemm(setting)
+    try:
+        res = []
+        for n in counts:
+            torch.set_num_threads(n)
+            res.append(fn())
+    finally:
+        torch.set_num_threads(threads)
+        _C.set_cpu_gemm("auto")
+    return res
+
+
+def assert_bitwise_equal_results(res):
+    for other in res[1:]:
+        for a, e in zip(res[0], other):
+            assert torch.equal(a.view(torch.uint8), e.view(torch.uint8))
 
 
 def test_own_results_do_not_depend_on_thread_count():
@@ -171,20 +192,94 @@ def test_own_results_do_not_depend_on_thread_count():
     torch.manual_seed(2)
     x, w, b = torch.randn(300, 70), torch.randn(130, 70), torch.randn(130)
     g = torch.randn(300, 130)
-    threads = torch.get_num_threads()
-    _C.set_cpu_gemm("own")
+
+    def run():
+        out, mask = ops.fused_linear_relu_forward(x, w, b)
+        return (out, mask, ops.fused_linear_relu(x, w, b), *ops.fused_linear_relu_backward(g, x, w, mask, [True] * 3))
+
+    assert_bitwise_equal_results(results_on_threads("own", run))
+
+
+def amx_available():
+    return "amx: yes" in _C.cpu_gemm()
+
+
+# The AMX forward's edges: 32-row tiles (direct reads of x need whole tiles
+# and k a multiple of 32), 256-row blocks, 32-column panels in groups of 4,
+# reductions of 256, odd k (the last pair padded), rows whose mask bits do
+# not start on a byte (out_f not a multiple of 8).
+AMX_SHAPES = [(1, 13, 5), (31, 64, 33), (32, 64, 32), (64, 96, 130), (257, 288, 129), (300, 479, 256), (512, 32, 1000)]
+
+
+@pytest.mark.parametrize("rows,in_f,out_f", AMX_SHAPES, ids=str)
+def test_amx_forward_edges(rows, in_f, out_f):
+    """Our AMX forward against float64 on its tile, block and panel edges,
+    with NaN, Inf and signed zeros at tile corners: outputs within bfloat16's
+    rounding, NaN and Inf exactly where float64 has them, and mask bits
+    exactly those of its own rounded pre-activations (not <= 0)."""
+    if not amx_available():
+        pytest.skip("needs AMX bfloat16 tiles")
+    import torch.nn.functional as F
+
+    torch.manual_seed(rows * 7 + in_f)
+    x = torch.randn(rows, in_f).bfloat16()
+    w = (torch.randn(out_f, in_f) / in_f**0.5).bfloat16()
+    b = torch.randn(out_f).bfloat16()
+    for r, c, v in [(0, 0, float("nan")), (rows - 1, in_f - 1, float("inf")), (min(rows - 1, 31), 0, -float("inf"))]:
+        x[r, c] = v
+    w[min(out_f - 1, 32)] = 0.0
+    b[min(out_f - 1, 32)] = -0.0
+    _C.set_cpu_gemm("amx")
     try:
-        res = []
-        for n in (1, 2, 7):
-            torch.set_num_threads(n)
-            out, mask = ops.fused_linear_relu_forward(x, w, b)
-            res.append((out, mask, ops.fused_linear_relu(x, w, b), *ops.fused_linear_relu_backward(g, x, w, mask, [True] * 3)))
+        assert _C.cpu_gemm_backend("forward_masked", "bfloat16", rows, out_f, in_f) == "amx"
+        out, mask = ops.fused_linear_relu_forward(x, w, b)
+        inf = ops.fused_linear_relu(x, w, b)
     finally:
-        torch.set_num_threads(threads)
         _C.set_cpu_gemm("auto")
-    for other in res[1:]:
-        for a, e in zip(res[0], other):
-            assert torch.equal(a, e)
+    pre = F.linear(x.double(), w.double(), b.double())
+    ref = F.relu(pre)
+    assert torch.equal(out.view(torch.int16), inf.view(torch.int16))
+    assert torch.equal(out.isnan(), ref.isnan()) and torch.equal(out.isinf(), ref.isinf())
+    fin = ref.isfinite()
+    torch.testing.assert_close(out[fin].double(), ref[fin], rtol=0.02, atol=0.02)
+    # Exact zeros keep their sign (relu(-0.0) = -0.0) and block the gradient.
+    zero_col = min(out_f - 1, 32)
+    finite_rows = pre[:, zero_col].isfinite()
+    assert (out[finite_rows, zero_col] == 0).all()
+    bits = ops.relu_mask_unpack(mask, [rows, out_f])
+    assert torch.equal(bits, (out > 0) | out.isnan())
+
+
+def test_amx_results_do_not_depend_on_thread_count():
+    """Each output element is reduced in the same order whatever the split
+    of rows between threads: bitwise equal on 1, 2 and 7 threads."""
+    if not amx_available():
+        pytest.skip("needs AMX bfloat16 tiles")
+    torch.manual_seed(3)
+    x, w, b = torch.randn(600, 300).bfloat16(), torch.randn(130, 300).bfloat16(), torch.randn(130).bfloat16()
+    res = results_on_threads("amx", lambda: (*ops.fused_linear_relu_forward(x, w, b), ops.fused_linear_relu(x, w, b)))
+    assert_bitwise_equal_results(res)
+
+
+def test_amx_choice():
+    """Auto takes our AMX forward for small bfloat16 weights only (measured
+    in docs/cpu_gemm.md), never for gradients; forced, it gives way to auto
+    where it cannot run (gradients, other dtypes)."""
+    if not amx_available():
+        assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 64, 256) != "amx"
+        pytest.skip("needs AMX bfloat16 tiles")
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 64, 256) == "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 16, 512, 13) == "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 1024) != "amx"
+    assert _C.cpu_gemm_backend("forward", "float32", 2048, 64, 256) != "amx"
+    _C.set_cpu_gemm("amx")
+    try:
+        assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 1024) == "amx"
+        for use in ("grad_input", "grad_weight"):
+            assert _C.cpu_gemm_backend(use, "bfloat16", 2048, 64, 256) != "amx"
+        assert _C.cpu_gemm_backend("forward", "float16", 64, 64, 64) != "amx"
+    finally:
+        _C.set_cpu_gemm("auto")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -149,7 +149,7 @@ def test_every_operator_with_cpu_loops_has_a_case():
 
 def test_cpu_isa_reports_a_known_build():
     assert _C.cpu_isa() in ISAS
-    assert _C.cpu_gemm().split(":")[0] in ("auto", "own", "onednn", "dnnl", "aten")
+    assert _C.cpu_gemm().split(":")[0] in ("auto", "own", "onednn", "dnnl", "amx", "aten")
 
 
 def test_cpu_gemm_setting_is_checked():
@@ -157,7 +157,7 @@ def test_cpu_gemm_setting_is_checked():
     code = "import torch, torch_relu_ext; torch_relu_ext.fused_linear_relu(torch.ones(2, 3), torch.ones(4, 3))"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl' or 'aten'" in proc.stderr
+    assert "TORCH_RELU_EXT_CPU_GEMM must be 'auto', 'own', 'onednn', 'dnnl', 'amx' or 'aten'" in proc.stderr
     assert "got 'mkl'" in proc.stderr
 
 

@@ -76,7 +76,7 @@ def main():
     print(f"build: CUDA kernels {'compiled' if cuda_built else 'not compiled (CPU-only build)'}")
     print(f"CPU loops: {_C.cpu_isa()} (ATen CPU capability: {torch.backends.cpu.get_cpu_capability()})")
     try:
-        print(f"CPU matrix product: {_C.cpu_gemm()} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|aten)")
+        print(f"CPU matrix product: {_C.cpu_gemm()} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|amx|aten)")
     except RuntimeError as e:  # a bad TORCH_RELU_EXT_CPU_GEMM: say it in one line
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -84,18 +84,21 @@ static PyMethodDef relu_ext_methods[] = {
      "Instruction set of the CPU loops in use: 'default', 'avx2' or 'avx512' (follows "
      "ATEN_CPU_CAPABILITY)."},
     {"cpu_gemm", cpu_gemm, METH_NOARGS,
-     "Setting of the CPU matrix product (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|aten) and "
+     "Setting of the CPU matrix product (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|amx|aten) "
+     "and "
      "the "
      "backend it chooses for a few representative products: 'auto: forward float32 ... onednn, "
      "...'."},
     {"cpu_gemm_backend", cpu_gemm_backend, METH_VARARGS,
-     "cpu_gemm_backend(use, dtype, m, n, k): the backend ('own', 'onednn', 'dnnl' or 'aten') of an "
+     "cpu_gemm_backend(use, dtype, m, n, k): the backend ('own', 'onednn', 'dnnl', 'amx' or "
+     "'aten') of an "
      "(m x k) @ (k x n) product; use: 'forward' (no mask), 'forward_masked', 'grad_input' or "
      "'grad_weight'; dtype: "
      "'float32', 'float64', 'bfloat16' or 'float16'."},
     {"set_cpu_gemm", set_cpu_gemm, METH_VARARGS,
      "set_cpu_gemm(setting): replaces TORCH_RELU_EXT_CPU_GEMM for this process ('auto', 'own', "
-     "'onednn', 'dnnl' or 'aten'; anything else raises ValueError). For benchmarks and tests."},
+     "'onednn', 'dnnl', 'amx' or 'aten'; anything else raises ValueError). For benchmarks and "
+     "tests."},
     {"mask_bytes", mask_bytes, METH_VARARGS,
      "mask_bytes(rows, out_features, padded): bytes of the packed ReLU mask, as the C++ kernels "
      "compute it (csrc/core/relu_mask.h; padded: CUDA's 128-bit rows)."},

@@ -1,8 +1,9 @@
 // The CPU matrix product of fused_linear_relu: one entry point (mm) for the
 // forward, grad_input and grad_weight, and the one place that chooses its
 // backend (choose). Backends: our AVX-512 float32 kernels (sgemm.h), oneDNN
-// (reached through the dispatcher's mkldnn operators: libtorch exports no
-// dnnl symbols) and ATen's BLAS (at::mm). Which one runs where, and why, is
+// through the dispatcher's mkldnn operators (libtorch exports no dnnl
+// symbols) or linked directly (dnnl_matmul.h), our AMX bfloat16 forward
+// (amx_bf16.h) and ATen's BLAS (at::mm). Which one runs where, and why, is
 // in docs/cpu_gemm.md.
 #pragma once
 
@@ -14,19 +15,19 @@
 
 namespace torch_relu_ext::cpu::gemm {
 
-enum class Backend : uint8_t { kOwn, kOneDNN, kDnnl, kATen };
+enum class Backend : uint8_t { kOwn, kOneDNN, kDnnl, kAmx, kATen };
 
 // The product's role: the forward x @ W^T without the mask (inference) or
 // with it (training), grad_input G @ W, grad_weight G^T @ x.
 enum class Use : uint8_t { kForward, kForwardMasked, kGradInput, kGradWeight };
 
-const char* name(Backend backend);  // "own", "onednn", "dnnl", "aten"
+const char* name(Backend backend);  // "own", "onednn", "dnnl", "amx", "aten"
 
 // The backend for an (m x k) @ (k x n) product of `dtype`. Follows
-// TORCH_RELU_EXT_CPU_GEMM (auto|own|onednn|dnnl|aten; anything else is an error
+// TORCH_RELU_EXT_CPU_GEMM (auto|own|onednn|dnnl|amx|aten; anything else is an error
 // naming the variable); a forced backend that cannot run this product (dtype,
-// CPU, an empty product) gives way to the auto choice. Depends only on the arguments and
-// the process (CPU, setting), never on the thread count.
+// CPU, an empty product; amx: a gradient) gives way to the auto choice. Depends only on the
+// arguments and the process (CPU, setting), never on the thread count.
 Backend choose(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t k);
 
 // What fused_linear_relu applies to the forward's product: + bias (undefined:

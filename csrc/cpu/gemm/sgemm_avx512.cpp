@@ -3,6 +3,8 @@
 // project's baseline flags and only runs on CPUs the caller checked.
 #include "sgemm.h"
 
+#include "kernel_util.h"
+
 #if defined(__x86_64__)
 
 #include <immintrin.h>
@@ -42,29 +44,12 @@ RELU_EXT_SGEMM_TARGET inline __mmask16 lanes(int64_t n) {
   return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
 }
 
-// In place: rows r[0..15] of a 16 x 16 block become its columns.
+// In place: rows r[0..15] of a 16 x 16 block of floats become its columns.
 RELU_EXT_SGEMM_TARGET inline void transpose16(__m512 r[16]) {
-  __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4) {
-    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-  }
-  for (int i = 0; i < 16; i += 8) {
-    for (int j = 0; j < 4; ++j) {
-      t[i + j] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0x88);
-      t[i + j + 4] = _mm512_shuffle_f32x4(r[i + j], r[i + j + 4], 0xDD);
-    }
-  }
-  for (int j = 0; j < 8; ++j) {
-    r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88);
-    r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xDD);
-  }
+  __m512i bits[16];
+  for (int i = 0; i < 16; ++i) bits[i] = _mm512_castps_si512(r[i]);
+  gemm::transpose16(bits);
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_castsi512_ps(bits[i]);
 }
 
 // Panel layout of B: row k of the panel is nr consecutive floats.
