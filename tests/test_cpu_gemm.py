@@ -262,8 +262,9 @@ def test_amx_results_do_not_depend_on_thread_count():
 
 
 def test_amx_choice():
-    """Auto takes our AMX forward for small bfloat16 weights only (measured
-    in docs/cpu_gemm.md), never for gradients; forced, it gives way to auto
+    """Auto takes our AMX forward for small bfloat16 weights, and with the
+    mask for products that write much (measured in docs/cpu_gemm.md), never
+    for gradients; forced, it gives way to auto
     where it cannot run (gradients, other dtypes)."""
     if not amx_available():
         assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 64, 256) != "amx"
@@ -271,6 +272,9 @@ def test_amx_choice():
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 64, 256) == "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 16, 512, 13) == "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 1024) != "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 4096, 64) == "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) != "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) != "amx"
     assert _C.cpu_gemm_backend("forward", "float32", 2048, 64, 256) != "amx"
     _C.set_cpu_gemm("amx")
     try:

@@ -28,7 +28,7 @@ namespace torch_relu_ext::cpu::amx {
 #if RELU_EXT_AMX_BUILT
 
 #define RELU_EXT_AMX_TARGET \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,amx-tile,amx-bf16")))
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,amx-tile,amx-bf16,prfchw")))
 
 namespace {
 
@@ -46,6 +46,7 @@ constexpr int64_t kTile = 32;  // rows and columns of a block of 4 accumulator t
 // Row stride of the accumulator buffer: 16 floats more than its columns, so
 // that rows 4 KiB apart do not share L1 sets.
 constexpr int64_t kLdc = kNC + 16;
+constexpr int64_t kAhead = 4;
 
 // The tile configuration (palette 1): tiles 0-3 accumulate a 32 x 32 float
 // block, 4-5 hold 32 rows x 32 bfloat16 of x, 6-7 16 column pairs x 32 of W.
@@ -148,6 +149,9 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
   const __m512i lowest_pass = _mm512_set1_epi16(-127);
   const bool whole_bytes = n % 8 == 0;
   for (int64_t i = 0; i < rows; ++i) {
+    if (i + kAhead < rows) {
+      for (int64_t j = 0; j < cols; j += 32) _m_prefetchw(out + (i + kAhead) * n + j);
+    }
     const int64_t e = (row0 + i) * n + col0;  // the row's first mask bit
     for (int64_t j = 0; j < cols; j += 32) {
       const __m512 v0 =

@@ -197,10 +197,25 @@ constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
 constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // Our AMX bfloat16 forward (amx_bf16.h) against both oneDNN routes, on Intel
 // with AMX: 0.66-0.80x their time for weights of up to 2^16 elements (13 x
-// 512, 256 x 64; 1 to 2048 rows), even at 2^17 (512 x 256), slower from
+// 512 at 1-16 rows, 256 x 64 at 1-2048 rows), even at 2^17 (512 x 256), slower from
 // there on (it packs the weight on every call; oneDNN's kernels are faster
-// on large products).
+// on large products). With the mask, which the libraries' routes write in a
+// pass of their own, it also won on products that write at least as much as
+// they read with reductions of >= 32 (256x64x4096, 2048x64x4096,
+// 8192x128x4096: 0.82-0.91x; 8192x64x1024 even) and on 8192 rows with
+// weights of up to 2^20 elements (8192x1024x1024: 0.85-0.87x).
 constexpr int64_t kAmxWeight = int64_t{1} << 16;
+constexpr int64_t kAmxMaskedMinK = 32;
+constexpr int64_t kAmxMaskedManyRows = 8192;
+constexpr int64_t kAmxMaskedWeight = int64_t{1} << 20;
+
+bool amx_wins(Use use, int64_t m, int64_t n, int64_t k) {
+  // Reductions shorter than a tile are padded to 32: with many rows that
+  // lost (2048x13x512: 1.02-1.16x).
+  if (n * k <= kAmxWeight && (k >= kAmxMaskedMinK || m <= kFewRows)) return true;
+  if (use != Use::kForwardMasked || k < kAmxMaskedMinK) return false;
+  return (m + n) * k <= m * n || (m >= kAmxMaskedManyRows && n * k <= kAmxMaskedWeight);
+}
 // Our kernels' 8 x 48 tiles waste most of their work below 16 rows or 8
 // columns, and packing B costs more than a small product.
 bool own_fits(int64_t m, int64_t n) { return m >= 16 && n >= 8; }
@@ -229,9 +244,10 @@ Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t
     }
     return Backend::kATen;
   }
-  // Small bfloat16 weights on Intel with AMX: our tiles beat both oneDNN
-  // routes (their fixed costs per call dominate such products).
-  if (cpu.intel_avx512 && dtype == at::kBFloat16 && n * k <= kAmxWeight && amx::available()) {
+  // Small bfloat16 weights on Intel with AMX, and masked forwards that write
+  // much: our tiles beat both oneDNN routes (their fixed costs per call, and
+  // their extra pass for the mask).
+  if (cpu.intel_avx512 && dtype == at::kBFloat16 && amx_wins(use, m, n, k) && amx::available()) {
     return Backend::kAmx;
   }
   if (!onednn_runs(dtype)) return Backend::kATen;
