@@ -208,7 +208,7 @@ def amx_available():
 # and k a multiple of 32), 256-row blocks, 32-column panels in groups of 4,
 # reductions of 256, odd k (the last pair padded), rows whose mask bits do
 # not start on a byte (out_f not a multiple of 8).
-AMX_SHAPES = [(1, 13, 5), (31, 64, 33), (32, 64, 32), (64, 96, 130), (257, 288, 129), (300, 479, 256), (512, 32, 1000)]
+AMX_SHAPES = [(1, 13, 5), (5, 1, 1), (40, 2, 1), (31, 64, 33), (32, 64, 32), (64, 96, 130), (257, 288, 129), (300, 479, 256), (512, 32, 1000)]
 
 
 @pytest.mark.parametrize("rows,in_f,out_f", AMX_SHAPES, ids=str)
@@ -227,6 +227,8 @@ def test_amx_forward_edges(rows, in_f, out_f):
     b = torch.randn(out_f).bfloat16()
     for r, c, v in [(0, 0, float("nan")), (rows - 1, in_f - 1, float("inf")), (min(rows - 1, 31), 0, -float("inf"))]:
         x[r, c] = v
+    if out_f > 34 and in_f > 2:  # non-finite weights and bias, away from the zero column
+        w[33, 1], w[34, in_f - 1], b[out_f - 1] = float("nan"), float("inf"), -float("inf")
     w[min(out_f - 1, 32)] = 0.0
     b[min(out_f - 1, 32)] = -0.0
     _C.set_cpu_gemm("amx")
@@ -275,6 +277,9 @@ def test_amx_choice():
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 4096, 64) == "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) != "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) != "amx"
+    # Few outputs, long reductions: most of a 32-column panel wasted.
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 1, 65536) != "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 8, 8192) != "amx"
     assert _C.cpu_gemm_backend("forward", "float32", 2048, 64, 256) != "amx"
     _C.set_cpu_gemm("amx")
     try:

@@ -21,6 +21,7 @@
 // positive, as in sgemm_avx512.cpp).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace torch_relu_ext::cpu::amx {
@@ -122,14 +123,6 @@ inline void or_bits(uint8_t* mask, int64_t e, uint32_t bits, int64_t len) {
   for (int64_t i = 0; i < bytes; ++i) p[i] |= static_cast<uint8_t>(v >> (8 * i));
 }
 
-// The epilogue of a finished block: rows x cols of c (row stride 32) + bias,
-// rounded to bfloat16, then ReLU on the rounded value as torch.relu (negative
-// non-NaN -> +0; -0.0 and NaN kept) -> out (row stride n), and the mask bits
-// (rounded value not <= 0: positive or NaN) of row `row0` on. On the 16-bit
-// patterns as signed integers: the mask is [-127, -1] (NaN with the sign
-// set; ours are all 0x7FC0) or [1, 32767] (positive, +Inf, NaN); ReLU zeroes
-// [0x8001, 0xFF80] (negative, -Inf). Where mask rows start on bytes (n a
-// multiple of 8) the bits are stored, else OR'ed into zeroed bytes.
 // The epilogue of a finished rows x cols block of c (row stride ldc, cols
 // <= kNC), row by row: + bias, rounded to bfloat16, then ReLU on the rounded
 // value as torch.relu (negative non-NaN -> +0; -0.0 and NaN kept) -> out
@@ -150,7 +143,7 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
   const bool whole_bytes = n % 8 == 0;
   for (int64_t i = 0; i < rows; ++i) {
     if (i + kAhead < rows) {
-      for (int64_t j = 0; j < cols; j += 32) _m_prefetchw(out + (i + kAhead) * n + j);
+      for (int64_t j = 0; j < cols; j += 32) __builtin_prefetch(out + (i + kAhead) * n + j, 1, 3);
     }
     const int64_t e = (row0 + i) * n + col0;  // the row's first mask bit
     for (int64_t j = 0; j < cols; j += 32) {
@@ -252,8 +245,7 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
   thread_local Scratch<float> c_buf;
   thread_local Scratch<uint16_t> a_buf;
   float* cb = c_buf.get(kMC * kLdc);
-  uint16_t* ab = a_buf.get(kMC * lda_copy);
-  if (mask != nullptr && n % 8 != 0) {  // bits are OR'ed in (finish_block)
+  if (mask != nullptr && n % 8 != 0) {  // bits are OR'ed in (finish_rows)
     const int64_t b0 = r0 * n / 8, b1 = (r1 * n + 7) / 8;
     std::memset(mask + b0, 0, static_cast<size_t>(b1 - b0));
   }
@@ -263,6 +255,7 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
     const uint16_t* a = x + rc * ldx;
     int64_t lda = ldx;
     if (k % 32 != 0 || rows % kTile != 0) {
+      uint16_t* ab = a_buf.get(tiles * kTile * lda_copy);
       for (int64_t i = 0; i < tiles * kTile; ++i) {
         uint16_t* row = ab + i * lda_copy;
         const int64_t kept = i < rows ? k : 0;

@@ -196,8 +196,9 @@ constexpr int64_t kHugeMacs = int64_t{1} << 33;
 constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
 constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // Our AMX bfloat16 forward (amx_bf16.h) against both oneDNN routes, on Intel
-// with AMX: 0.66-0.80x their time for weights of up to 2^16 elements (13 x
-// 512 at 1-16 rows, 256 x 64 at 1-2048 rows), even at 2^17 (512 x 256), slower from
+// with AMX: 0.66-0.80x their time for weights of up to 2^16 elements with
+// 32+ outputs and reductions of up to 1024 (13 x 512 at 1-16 rows, 256 x 64
+// at 1-2048 rows), even at 2^17 (512 x 256), slower from
 // there on (it packs the weight on every call; oneDNN's kernels are faster
 // on large products). With the mask, which the libraries' routes write in a
 // pass of their own, it also won on products that write at least as much as
@@ -205,14 +206,19 @@ constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // 8192x128x4096: 0.82-0.91x; 8192x64x1024 even) and on 8192 rows with
 // weights of up to 2^20 elements (8192x1024x1024: 0.85-0.87x).
 constexpr int64_t kAmxWeight = int64_t{1} << 16;
+constexpr int64_t kAmxMinOutputs = 32;
+constexpr int64_t kAmxMaxK = 1024;
 constexpr int64_t kAmxMaskedMinK = 32;
 constexpr int64_t kAmxMaskedManyRows = 8192;
 constexpr int64_t kAmxMaskedWeight = int64_t{1} << 20;
 
 bool amx_wins(Use use, int64_t m, int64_t n, int64_t k) {
   // Reductions shorter than a tile are padded to 32: with many rows that
-  // lost (2048x13x512: 1.02-1.16x).
-  if (n * k <= kAmxWeight && (k >= kAmxMaskedMinK || m <= kFewRows)) return true;
+  // lost (2048x13x512: 1.02-1.16x). Few outputs with long reductions waste
+  // most of a 32-column panel and pack all of k per call: up to 26x slower
+  // (1 x 65536 -> 1).
+  const bool small = n * k <= kAmxWeight && n >= kAmxMinOutputs && k <= kAmxMaxK;
+  if (small && (k >= kAmxMaskedMinK || m <= kFewRows)) return true;
   if (use != Use::kForwardMasked || k < kAmxMaskedMinK) return false;
   return (m + n) * k <= m * n || (m >= kAmxMaskedManyRows && n * k <= kAmxMaskedWeight);
 }

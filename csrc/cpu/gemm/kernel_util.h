@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-#include <new>
+#include <stdexcept>
+#include <string>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -23,7 +24,10 @@ class Scratch {
     if (elems > size_) {
       const size_t bytes = (static_cast<size_t>(elems) * sizeof(T) + 63) / 64 * 64;
       ptr_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-      if (ptr_ == nullptr) throw std::bad_alloc();
+      if (ptr_ == nullptr) {
+        throw std::runtime_error("torch_relu_ext: out of memory allocating " +
+                                 std::to_string(bytes) + " bytes of matrix-product scratch");
+      }
       size_ = elems;
     }
     return ptr_.get();
@@ -38,6 +42,14 @@ class Scratch {
 };
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC 12's AVX-512 shuffle intrinsics start from an undefined vector, which
+// -W(maybe-)uninitialized reports once they are inlined (a known false
+// positive: every lane is overwritten).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 // In place: rows r[0..15] of a 16 x 16 block of 32-bit words become its
 // columns. Callers are AVX-512 functions (the CPU was checked).
 __attribute__((target("avx512f"))) inline void transpose16(__m512i r[16]) {
@@ -63,6 +75,9 @@ __attribute__((target("avx512f"))) inline void transpose16(__m512i r[16]) {
     r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 }  // namespace torch_relu_ext::cpu::gemm

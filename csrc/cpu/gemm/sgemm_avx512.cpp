@@ -16,6 +16,7 @@
 // positive: the undefined lanes are all overwritten).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #define RELU_EXT_SGEMM_TARGET \
