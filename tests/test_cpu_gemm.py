@@ -208,7 +208,17 @@ def amx_available():
 # and k a multiple of 32), 256-row blocks, 32-column panels in groups of 4,
 # reductions of 256, odd k (the last pair padded), rows whose mask bits do
 # not start on a byte (out_f not a multiple of 8).
-AMX_SHAPES = [(1, 13, 5), (5, 1, 1), (40, 2, 1), (31, 64, 33), (32, 64, 32), (64, 96, 130), (257, 288, 129), (300, 479, 256), (512, 32, 1000)]
+AMX_SHAPES = [
+    (1, 13, 5),
+    (5, 1, 1),
+    (40, 2, 1),
+    (31, 64, 33),
+    (32, 64, 32),
+    (64, 96, 130),
+    (257, 288, 129),
+    (300, 479, 256),
+    (512, 32, 1000),
+]
 
 
 @pytest.mark.parametrize("rows,in_f,out_f", AMX_SHAPES, ids=str)
@@ -250,6 +260,20 @@ def test_amx_forward_edges(rows, in_f, out_f):
     assert (out[finite_rows, zero_col] == 0).all()
     bits = ops.relu_mask_unpack(mask, [rows, out_f])
     assert torch.equal(bits, (out > 0) | out.isnan())
+
+
+def test_amx_follows_aten_cpu_capability():
+    """Its epilogue is AVX-512 code: below avx512 it gives way, as `own`."""
+    if not amx_available():
+        pytest.skip("needs AMX bfloat16 tiles")
+    code = (
+        "import torch_relu_ext; from torch_relu_ext import _C; print(_C.cpu_gemm_backend('forward', 'bfloat16', 2048, 64, 256))"
+    )
+    for isa, want_amx in (("avx2", False), ("avx512", True)):
+        env = child_env(ATEN_CPU_CAPABILITY=isa, TORCH_RELU_EXT_CPU_GEMM="amx")
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (proc.stdout.strip() == "amx") == want_amx, (isa, proc.stdout)
 
 
 def test_amx_results_do_not_depend_on_thread_count():

@@ -168,8 +168,8 @@ bool can_run(Backend b, at::ScalarType dtype, int64_t m, int64_t n, int64_t k) {
       return onednn_runs(dtype);
     case Backend::kDnnl:
       return dnnl_runs(dtype);
-    case Backend::kAmx:
-      return dtype == at::kBFloat16 && amx::available();
+    case Backend::kAmx:  // its epilogue is AVX-512 code: it follows ATen's capability as `own`
+      return dtype == at::kBFloat16 && own_kernels() != nullptr && amx::available();
     case Backend::kATen:
       return true;
   }
@@ -253,7 +253,7 @@ Backend choose_auto(Use use, at::ScalarType dtype, int64_t m, int64_t n, int64_t
   // Small bfloat16 weights on Intel with AMX, and masked forwards that write
   // much: our tiles beat both oneDNN routes (their fixed costs per call, and
   // their extra pass for the mask).
-  if (cpu.intel_avx512 && dtype == at::kBFloat16 && amx_wins(use, m, n, k) && amx::available()) {
+  if (cpu.intel_avx512 && amx_wins(use, m, n, k) && can_run(Backend::kAmx, dtype, m, n, k)) {
     return Backend::kAmx;
   }
   if (!onednn_runs(dtype)) return Backend::kATen;
