@@ -304,6 +304,8 @@ def test_amx_choice():
     # Few outputs, long reductions: most of a 32-column panel wasted.
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 1, 65536) != "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 8, 8192) != "amx"
+    # A large output of a small weight: bound by writing it (inference).
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 8192, 1024, 64) != "amx"
     assert _C.cpu_gemm_backend("forward", "float32", 2048, 64, 256) != "amx"
     _C.set_cpu_gemm("amx")
     try:
