@@ -299,6 +299,8 @@ def test_amx_choice():
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 16, 512, 13) == "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 1024) != "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 4096, 64) == "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 1024, 1024) == "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 1024, 479) != "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) != "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) != "amx"
     # Few outputs, long reductions: most of a 32-column panel wasted.

@@ -144,6 +144,7 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
   for (int64_t i = 0; i < rows; ++i) {
     if (i + kAhead < rows) {
       for (int64_t j = 0; j < cols; j += 32) __builtin_prefetch(out + (i + kAhead) * n + j, 1, 3);
+      if (kMask) __builtin_prefetch(mask + ((row0 + i + kAhead) * n + col0) / 8, 1, 3);
     }
     const int64_t e = (row0 + i) * n + col0;  // the row's first mask bit
     for (int64_t j = 0; j < cols; j += 32) {

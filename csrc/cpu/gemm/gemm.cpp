@@ -202,7 +202,7 @@ constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // there on (it packs the weight on every call; oneDNN's kernels are faster
 // on large products). With the mask, which the libraries' routes write in a
 // pass of their own, it also won on products that write at least as much as
-// they read with reductions of >= 32 (256x64x4096, 2048x64x4096,
+// they read with reductions of 32-256 (256x64x4096, 2048x64x4096,
 // 8192x128x4096: 0.82-0.91x; 8192x64x1024 even) and on 8192 rows with
 // weights of up to 2^20 elements (8192x1024x1024: 0.85-0.87x).
 constexpr int64_t kAmxWeight = int64_t{1} << 16;
@@ -210,6 +210,7 @@ constexpr int64_t kAmxMinOutputs = 32;
 constexpr int64_t kAmxMaxK = 1024;
 constexpr int64_t kAmxMaxOutput = int64_t{1} << 21;
 constexpr int64_t kAmxMaskedMinK = 32;
+constexpr int64_t kAmxMaskedMaxK = 256;
 constexpr int64_t kAmxMaskedManyRows = 8192;
 constexpr int64_t kAmxMaskedWeight = int64_t{1} << 20;
 
@@ -217,15 +218,19 @@ bool amx_wins(Use use, int64_t m, int64_t n, int64_t k) {
   // Reductions shorter than a tile are padded to 32: with many rows that
   // lost (2048x13x512: 1.02-1.16x). Few outputs with long reductions waste
   // most of a 32-column panel and pack all of k per call: up to 26x slower
-  // (1 x 65536 -> 1).
-  // Large outputs of small weights are bound by writing them, where oneDNN
-  // was faster (8192x64x1024 inference: 1.13-1.21x).
+  // (1 x 65536 -> 1). Large outputs of small weights are bound by writing
+  // them, where oneDNN was faster (8192x64x1024 inference: 1.13-1.21x).
   const bool small =
       n * k <= kAmxWeight && n >= kAmxMinOutputs && k <= kAmxMaxK && m * n <= kAmxMaxOutput;
   if (small && (k >= kAmxMaskedMinK || m <= kFewRows)) return true;
   if (use != Use::kForwardMasked || k < kAmxMaskedMinK) return false;
-  return (m + n) * k <= m * n || (m >= kAmxMaskedManyRows && n * k <= kAmxMaskedWeight);
+  // With the mask: many rows of a weight of up to 2^20; products that write
+  // at least as much as they read, with reductions of 32-256 (2048x479x1024
+  // was even or slower).
+  if (m >= kAmxMaskedManyRows && n * k <= kAmxMaskedWeight) return true;
+  return k <= kAmxMaskedMaxK && (m + n) * k <= m * n;
 }
+
 // Our kernels' 8 x 48 tiles waste most of their work below 16 rows or 8
 // columns, and packing B costs more than a small product.
 bool own_fits(int64_t m, int64_t n) { return m >= 16 && n >= 8; }
