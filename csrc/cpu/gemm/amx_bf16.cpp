@@ -9,7 +9,16 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+// AMX intrinsics need GCC 11 or clang 12 (and an assembler that knows the
+// instructions); older compilers build the stub below (amx never runs).
+#if defined(__clang__)
+#define RELU_EXT_AMX_COMPILER (__clang_major__ >= 12)
+#elif defined(__GNUC__)
+#define RELU_EXT_AMX_COMPILER (__GNUC__ >= 11)
+#else
+#define RELU_EXT_AMX_COMPILER 0
+#endif
+#if defined(__x86_64__) && defined(__linux__) && RELU_EXT_AMX_COMPILER
 #define RELU_EXT_AMX_BUILT 1
 #include <immintrin.h>
 #include <sys/syscall.h>
