@@ -47,12 +47,13 @@ using gemm::transpose16;
 
 // Blocks (measured on a 2-core Xeon with AMX, docs/cpu_gemm.md): 256 rows of
 // x per step (a 256 x 256 block of it, 128 KiB, stays in L2), 128 output
-// columns (4 panels) accumulated in a 128 KiB buffer, reductions of 256 (a
+// columns (4 panels) accumulated in a 144 KiB buffer, reductions of 256 (a
 // panel's 256 rows, 16 KiB, stay in L1 while the row blocks pass).
 constexpr int64_t kMC = 256;
 constexpr int64_t kNC = 128;
 constexpr int64_t kKC = 256;
-constexpr int64_t kTile = 32;  // rows and columns of a block of 4 accumulator tiles
+constexpr int64_t kTile = kRows;  // rows and columns of a block of 4 accumulator tiles
+static_assert(kTile == kPanel, "a block of 4 tiles is one panel wide");
 // Row stride of the accumulator buffer: 16 floats more than its columns, so
 // that rows 4 KiB apart do not share L1 sets.
 constexpr int64_t kLdc = kNC + 16;
@@ -77,7 +78,7 @@ RELU_EXT_AMX_TARGET void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
-// c (32 x 32 floats, row stride 32) = (or += when accumulate) a (32 rows,
+// c (32 x 32 floats, row stride ldc) = (or += when accumulate) a (32 rows,
 // row stride lda, columns [0, kc)) @ a panel's rows [0, kc / 2); kc is a
 // multiple of 32.
 RELU_EXT_AMX_TARGET inline void block_product(const uint16_t* a, int64_t lda, const uint16_t* b,
@@ -188,6 +189,10 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
   }
 }
 
+// k rounded up to whole tile steps (32): the packed panels' and copied rows'
+// reduction length, zero beyond k.
+int64_t padded_k(int64_t k) { return (k + 31) / 32 * 32; }
+
 }  // namespace
 
 bool available() {
@@ -211,13 +216,12 @@ bool available() {
 
 int64_t packed_elems(int64_t n, int64_t k) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
-  const int64_t kpad = (k + 31) / 32 * 32;
-  return panels * kpad * kPanel;
+  return panels * padded_k(k) * kPanel;
 }
 
 RELU_EXT_AMX_TARGET void pack_weight(const uint16_t* w, int64_t ldw, int64_t n, int64_t k,
                                      int64_t p0, int64_t p1, uint16_t* packed) {
-  const int64_t pairs = k / 2, kpad_pairs = (k + 31) / 32 * 16;
+  const int64_t pairs = k / 2, kpad_pairs = padded_k(k) / 2;
   for (int64_t p = p0; p < p1; ++p) {
     uint32_t* dst = reinterpret_cast<uint32_t*>(packed + p * kpad_pairs * 2 * kPanel);
     for (int64_t j0 = 0; j0 < kPanel; j0 += 16) {
@@ -247,7 +251,7 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
                                       int64_t n, int64_t k, const uint16_t* packed,
                                       const float* bias, uint16_t* out, uint8_t* mask) {
   if (r0 >= r1) return;
-  const int64_t kpad = (k + 31) / 32 * 32, panels = (n + kPanel - 1) / kPanel;
+  const int64_t kpad = padded_k(k), panels = (n + kPanel - 1) / kPanel;
   // Rows of x are read in place when whole tiles of them exist; otherwise a
   // block is copied, zero-padded, with a row stride of an odd number of
   // cache lines (a power of two would map a tile's rows onto few L1 sets).
@@ -259,6 +263,7 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
     const int64_t b0 = r0 * n / 8, b1 = (r1 * n + 7) / 8;
     std::memset(mask + b0, 0, static_cast<size_t>(b1 - b0));
   }
+  const auto finish = mask != nullptr ? &finish_rows<true> : &finish_rows<false>;
   configure_tiles();
   for (int64_t rc = r0; rc < r1; rc += kMC) {
     const int64_t rows = std::min(kMC, r1 - rc), tiles = (rows + kTile - 1) / kTile;
@@ -288,7 +293,6 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
         }
       }
       const int64_t col = q0 * kPanel, cols = std::min(n, q1 * kPanel) - col;
-      const auto finish = mask != nullptr ? &finish_rows<true> : &finish_rows<false>;
       finish(cb, kLdc, bias != nullptr ? bias + col : nullptr, rows, cols, out + rc * n + col, n,
              mask, rc, col);
     }
@@ -296,7 +300,7 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
   _tile_release();
 }
 
-#else  // not x86-64 Linux: never available
+#else  // not x86-64 Linux, or a compiler without AMX intrinsics: never available
 
 bool available() { return false; }
 int64_t packed_elems(int64_t, int64_t) { return 0; }

@@ -33,12 +33,14 @@ void pack_weight(const uint16_t* w, int64_t ldw, int64_t n, int64_t k, int64_t p
 // torch.relu's rounding, NaN and signed-zero rules, and, where mask is not
 // null, the mask bits of those rows (bit r * n + j, LSB first; the rows'
 // bytes are overwritten). x: row stride ldx, unit column stride. bias: null
-// or n floats padded with zeros to whole panels. r0 is a multiple of 32,
-// r1 a multiple of 32 or m: callers split rows so.
+// or n floats padded with zeros to whole panels. r0 is a multiple of kRows,
+// r1 a multiple of kRows or m: callers split rows so.
 void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0, int64_t r1, int64_t n, int64_t k,
                   const uint16_t* packed, const float* bias, uint16_t* out, uint8_t* mask);
 
-// The panel width: bias buffers are padded to a multiple of it.
+// The panel width (bias buffers are padded to a multiple of it) and the
+// row block: forward_rows takes rows from multiples of kRows.
 constexpr int64_t kPanel = 32;
+constexpr int64_t kRows = 32;
 
 }  // namespace torch_relu_ext::cpu::amx

@@ -666,7 +666,7 @@ Tensor dnnl_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
 }
 
 // Our AMX bfloat16 forward (amx_bf16.h): W packed per call (in parallel),
-// then each thread runs whole 32-row blocks, whose bias, ReLU and mask bits
+// then each thread runs whole 32-row blocks (amx::kRows), whose bias, ReLU and mask bits
 // are applied to each finished 32 x 32 block in L1: no pass over the output
 // afterwards, no scan of the inputs (NaN and Inf follow IEEE in every row,
 // as in float64), and no dependence on the thread count.
@@ -710,8 +710,9 @@ Tensor amx_mm(const Tensor& a, const Tensor& b, Tensor c, const Epilogue& ep) {
   const auto* xp = static_cast<const uint16_t*>(x.const_data_ptr());
   const int64_t ldx = m == 1 ? k : x.stride(0);
   auto* out = static_cast<uint16_t*>(c.data_ptr());
-  at::parallel_for(0, (m + 31) / 32, 1, [&](int64_t t0, int64_t t1) {
-    amx::forward_rows(xp, ldx, t0 * 32, std::min(m, t1 * 32), n, k, packed, bp, out, ep.mask);
+  constexpr int64_t kRows = amx::kRows;
+  at::parallel_for(0, (m + kRows - 1) / kRows, 1, [&](int64_t t0, int64_t t1) {
+    amx::forward_rows(xp, ldx, t0 * kRows, std::min(m, t1 * kRows), n, k, packed, bp, out, ep.mask);
   });
   return c;
 }
