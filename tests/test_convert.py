@@ -374,3 +374,95 @@ def test_untraceable_forward_warns_about_the_sequential_assumption():
         convert(Untraceable())
     converted, report = convert(Untraceable(), fx=False, report=True)  # the assumption stated: no warning
     assert "fx=False" in report.notes[0] and isinstance(converted.body[0], FusedLinearReLU)
+
+
+class PreActivationAlsoUsed(nn.Module):
+    """The Sequential's Linear output is also read directly (found by a new-user trial)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        pre = self.body[0](x)
+        return self.head(self.body[1](pre)) + pre.mean()
+
+
+class SequentialIteratedWithOtherActivation(nn.Module):
+    """Iterates the Sequential and calls leaky_relu where it holds a ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = F.leaky_relu(x, 0.1) if isinstance(layer, nn.ReLU) else layer(x)
+        return x
+
+
+class SequentialReLUOnAnotherValue(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+
+    def forward(self, x):
+        h = torch.relu(self.seq[0](x))
+        return h + self.seq[1](x - 1)
+
+
+@pytest.mark.parametrize("make", [PreActivationAlsoUsed, SequentialIteratedWithOtherActivation])
+def test_sequential_pair_whose_linear_output_is_used_otherwise_is_left_alone(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(8, 16)
+    with pytest.warns(UserWarning, match="nothing converted"):
+        converted, report = convert(model, report=True)
+    assert report.fused == []
+    assert "forward also uses its output other than through a ReLU" in report.skipped.values()
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+
+
+class SequentialReLUAlsoOnAnotherValue(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+
+    def forward(self, x):
+        return self.seq(x) + self.seq[1](x - 1)
+
+
+@pytest.mark.parametrize("make", [SequentialReLUOnAnotherValue, SequentialReLUAlsoOnAnotherValue])
+def test_sequential_relu_called_on_another_value_stays_a_relu(make):
+    # The pair is not fused as a pair (its ReLU slot must stay a ReLU); the
+    # traced pass then fuses the Linear with the ReLU call that reads it.
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randn(8, 8)
+    converted, report = convert(model, report=True)
+    assert report.fused == ["seq.0"] and "seq.0" not in report.skipped
+    assert type(converted.get_submodule("seq.1")) is nn.ReLU
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+    # Without the trace the pair is fused, as documented for fx=False.
+    assert type(convert(model, fx=False).seq[1]).__name__ == "_FusedAway"
+
+
+def test_relu_object_shared_by_slots_still_fuses_each_pair():
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Linear(8, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 2))
+    x = torch.randn(5, 8)
+    converted, report = convert(model, report=True)
+    assert report.fused == ["0", "2"] and isinstance(converted[0], FusedLinearReLU)
+    same_outputs(model, converted, x)
+    back = revert(converted)
+    assert type(back[1]) is nn.ReLU and back[1] is back[3]  # still one shared ReLU
+    same_outputs(model, back, x)
+
+
+def test_hooked_relu_reason():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model[1].register_forward_hook(lambda m, i, o: None)
+    with pytest.warns(UserWarning, match="nothing converted"):
+        _, report = convert(model, report=True)
+    assert report.skipped == {"0": "the ReLU after it has hooks"}

@@ -12,7 +12,10 @@
 A Linear is fused only when that is correct by construction: it sits at
 exactly one place in the model (no module reached under two names, or called
 twice), shares no parameter with another module, has no hooks, and every use
-of its output is a ReLU. Everything else is left alone and reported once,
+of its output is a ReLU; a Sequential's pair also needs its ReLU slot called
+only on that Linear's output (both read off the trace; an untraceable forward,
+or fx=False, is assumed to call the pair only through the Sequential, and
+the untraceable case warns). Everything else is left alone and reported once,
 with its reason. Weights are shared with the copy's parameters (same values,
 device, dtype), and the train/eval state is kept. revert(converted) goes back
 to plain modules; the record it needs lives in the converted modules
@@ -158,23 +161,83 @@ def _slots(seq: nn.Module):
     return [(name, child) for name, child in seq._modules.items() if child is not None]
 
 
-def _convert_sequentials(model: nn.Module, uses: _Uses, report: ConversionReport) -> None:
+@dataclass
+class _Pair:
+    """A Linear followed by a plain nn.ReLU in a Sequential's slots."""
+
+    seq: nn.Sequential
+    full: str  # the Linear's name in the model
+    linear_name: str
+    linear: nn.Linear
+    relu_name: str
+    relu: nn.Module
+
+
+def _sequential_pairs(model: nn.Module, report: ConversionReport) -> List[_Pair]:
+    pairs = []
     for name, seq in list(model.named_modules()):
         if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
             continue
         slots = _slots(seq)
         for i, (child_name, child) in enumerate(slots):
-            if type(child) is not nn.Linear or i + 1 >= len(slots) or not _plain_relu(slots[i + 1][1]):
+            if type(child) is not nn.Linear or i + 1 >= len(slots):
                 continue
             full = f"{name}.{child_name}" if name else child_name
-            why = uses.why_not(child)
-            if why:
-                report._skip(full, why, child)
-                continue
             relu_name, relu = slots[i + 1]
-            setattr(seq, child_name, _fused_from(child, "sequential"))
-            setattr(seq, relu_name, _FusedAway(relu))
-            report.fused.append(full)
+            if type(relu) is nn.ReLU and _has_hooks(relu):
+                report._skip(full, "the ReLU after it has hooks", child)
+            elif _plain_relu(relu):
+                pairs.append(_Pair(seq, full, child_name, child, relu_name, relu))
+    return pairs
+
+
+def _trace_pairs(model: nn.Module, pairs: List[_Pair]):
+    """Traces the model with a ReLU object of its own in each pair's ReLU slot
+    (the same nn.ReLU may sit in several slots), so that the graph tells
+    which slot each ReLU call comes from. Returns (GraphModule or None, why
+    not, {id(pair): why the traced forward forbids fusing it, or None})."""
+    markers = {}
+    for pair in pairs:
+        marker = nn.ReLU(inplace=pair.relu.inplace)
+        markers[id(marker)] = pair
+        setattr(pair.seq, pair.relu_name, marker)
+    try:
+        gm, why = _trace(model)
+        verdicts = {}
+        if gm is not None:
+            modules = dict(model.named_modules(remove_duplicate=False))
+            linear_nodes = {}
+            relu_calls = {id(p): [] for p in pairs}
+            for node in gm.graph.nodes:
+                if node.op != "call_module":
+                    continue
+                mod = modules.get(node.target)
+                linear_nodes.setdefault(id(mod), []).append(node)
+                if id(mod) in markers:
+                    relu_calls[id(markers[id(mod)])].append(node)
+            for pair in pairs:
+                nodes = linear_nodes.get(id(pair.linear), [])
+                verdict = None
+                if len(nodes) == 1 and not all(_is_relu_node(u, modules) for u in nodes[0].users):
+                    verdict = "forward also uses its output other than through a ReLU"
+                elif any(call.args[:1] != (nodes[0] if nodes else None,) for call in relu_calls[id(pair)]):
+                    verdict = "forward calls the ReLU after it on another value"
+                verdicts[id(pair)] = verdict
+        return gm, why, verdicts
+    finally:
+        for pair in pairs:
+            setattr(pair.seq, pair.relu_name, pair.relu)
+
+
+def _convert_sequentials(pairs: List[_Pair], uses: _Uses, verdicts, report: ConversionReport) -> None:
+    for pair in pairs:
+        why = uses.why_not(pair.linear) or verdicts.get(id(pair))
+        if why:
+            report._skip(pair.full, why, pair.linear)
+            continue
+        setattr(pair.seq, pair.linear_name, _fused_from(pair.linear, "sequential"))
+        setattr(pair.seq, pair.relu_name, _FusedAway(pair.relu))
+        report.fused.append(pair.full)
 
 
 def _convert_prelus(model: nn.Module, report: ConversionReport) -> None:
@@ -243,6 +306,7 @@ def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
             report._skip(node.target, why, modules[node.target])
             continue
         gm.add_submodule(node.target, _fused_from(modules[node.target], "fx"))  # same name and parameters
+        report.skipped.pop(node.target, None)  # the Sequential pass may have refused its pair
         for relu in users:
             relu.replace_all_uses_with(node)
             gm.graph.erase_node(relu)
@@ -283,11 +347,13 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
     model = model if inplace else copy.deepcopy(model)
     rep = ConversionReport()
     uses = _Uses(model)
+    pairs = _sequential_pairs(model, rep)
     traceable = False
+    verdicts = {}
     if fx is True or fx == "auto":
-        # Traced first: a Sequential's Linear that forward also calls directly
-        # must not take the Sequential's ReLU.
-        gm, why = _trace(model)
+        # Traced first: a Sequential's Linear and ReLU fuse only where the
+        # graph shows that forward uses them as a pair and nothing else.
+        gm, why, verdicts = _trace_pairs(model, pairs)
         traceable = gm is not None
         if traceable:
             uses.calls = _call_counts(gm)
@@ -301,7 +367,7 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
             )
     else:
         rep.notes.append("fx=False: only nn.Sequential chains searched, their Linears assumed called only through the Sequential")
-    _convert_sequentials(model, uses, rep)
+    _convert_sequentials(pairs, uses, verdicts, rep)
     if prelu:
         _convert_prelus(model, rep)
     if traceable:
