@@ -73,6 +73,35 @@ def test_every_backend_odd_strides(backend, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_every_backend_overlapping_rows(backend, dtype):
+    """Inputs and weights whose rows overlap in memory (legal for F.linear):
+    oneDNN cannot describe them, so they are copied first (a review found the
+    'onednn' route raising here, under auto for float16 and large bfloat16)."""
+    torch.manual_seed(2)
+    for rows, in_f, out_f in [(9, 7, 50), (300, 16, 64)]:
+        x = torch.randn(rows * 3 + in_f, dtype=dtype).as_strided((rows, in_f), (3, 1))
+        w = (torch.randn(out_f * 2 + in_f) / in_f**0.5).to(dtype).as_strided((out_f, in_f), (2, 1))
+        check_forward_and_grads(x, w, torch.randn(out_f, dtype=dtype))
+
+
+def test_every_backend_keeps_negative_zero_of_float16_rounding(backend):
+    """A negative float16 sum too small for float16 rounds to -0.0, which
+    torch.relu keeps. oneDNN's ReLU post-op runs before the rounding and gave
+    +0.0 (a review finding), so float16 never takes that route. (In float32
+    and bfloat16 the post-op route maps an exact -0.0 to +0.0, as
+    docs/cpu_gemm.md says.)"""
+    m, n, k = 64, 64, 2  # a shape where the post-op route would pay
+    x = torch.full((m, k), 1e-4, dtype=torch.float16)
+    w = torch.full((n, k), -1e-4, dtype=torch.float16)
+    eager = torch.relu(torch.nn.functional.linear(x, w))
+    assert torch.signbit(eager).all()
+    out, mask = ops.fused_linear_relu_forward(x, w, None)
+    for y in (out, ops.fused_linear_relu(x, w, None)):
+        assert torch.equal(y, eager) and torch.equal(torch.signbit(y), torch.signbit(eager))
+    assert not ops.relu_mask_unpack(mask, [m, n]).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("rows,in_f,out_f", [(16, 8, 6), (40, 20, 50), (96, 4, 200)])
 def test_every_backend_nan_inf_signed_zero(backend, dtype, rows, in_f, out_f):
     nan_inf_case(dtype, rows=rows, in_f=in_f, out_f=out_f)

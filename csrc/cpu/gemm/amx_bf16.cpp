@@ -258,7 +258,10 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
   const int64_t lda_copy = (kpad / 32) % 2 == 1 ? kpad : kpad + 32;
   thread_local Scratch<float> c_buf;
   thread_local Scratch<uint16_t> a_buf;
+  // Buffers are taken before the tiles are configured: nothing throws while they are held.
   float* cb = c_buf.get(kMC * kLdc);
+  const bool copies = k % 32 != 0 || (r1 - r0) % kTile != 0;  // row blocks start at multiples of 32
+  uint16_t* ab = copies ? a_buf.get(kMC * lda_copy) : nullptr;
   if (mask != nullptr && n % 8 != 0) {  // bits are OR'ed in (finish_rows)
     const int64_t b0 = r0 * n / 8, b1 = (r1 * n + 7) / 8;
     std::memset(mask + b0, 0, static_cast<size_t>(b1 - b0));
@@ -270,7 +273,6 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
     const uint16_t* a = x + rc * ldx;
     int64_t lda = ldx;
     if (k % 32 != 0 || rows % kTile != 0) {
-      uint16_t* ab = a_buf.get(tiles * kTile * lda_copy);
       for (int64_t i = 0; i < tiles * kTile; ++i) {
         uint16_t* row = ab + i * lda_copy;
         const int64_t kept = i < rows ? k : 0;

@@ -439,9 +439,27 @@ Tensor aten_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
   return c;
 }
 
+// A 2-D operand's strides as oneDNN takes them (a size-1 dimension's stride
+// is free), and whether oneDNN can describe them: one unit stride and the
+// other at least its extent (no overlapping or broadcast rows).
+struct OneDNNStrides {
+  int64_t rows, cols;
+  bool plain;
+};
+
+OneDNNStrides onednn_strides(const Tensor& t) {
+  const int64_t r = t.size(0), c = t.size(1);
+  int64_t rs = t.stride(0), cs = t.stride(1);
+  if (r == 1) rs = c * std::max<int64_t>(cs, 1);
+  if (c == 1) cs = 1;
+  return {rs, cs, (cs == 1 && rs >= c) || (rs == 1 && cs >= r)};
+}
+
+Tensor onednn_operand(const Tensor& t) { return onednn_strides(t).plain ? t : t.contiguous(); }
+
 // oneDNN's fused linear, y = a @ w^T + bias with post-op `attr` ("none" or
 // "relu"), called boxed through the dispatcher, below autograd (a kernel's
-// inner call records nothing).
+// inner call records nothing). a and w: onednn_operand's.
 Tensor onednn_linear(const Tensor& a, const Tensor& w, const Tensor& bias, const char* attr) {
   at::AutoDispatchBelowADInplaceOrView guard;
   torch::jit::Stack stack;
@@ -452,7 +470,14 @@ Tensor onednn_linear(const Tensor& a, const Tensor& w, const Tensor& bias, const
   stack.emplace_back(std::string(attr));
   stack.emplace_back(c10::List<std::optional<c10::Scalar>>());
   stack.emplace_back(std::string(""));
-  onednn().linear->callBoxed(&stack);
+  try {
+    onednn().linear->callBoxed(&stack);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false,
+                "fused_linear_relu: oneDNN's linear (CPU product backend 'onednn') failed for ",
+                a.size(0), "x", a.size(1), " @ ", w.size(1), "x", w.size(0), ": ",
+                e.what_without_backtrace());
+  }
   return std::move(stack[0]).toTensor();
 }
 
@@ -525,6 +550,9 @@ PostOp relu_post_op(const Tensor& a, const Tensor& w, const Tensor& bias, const 
   const bool scans_pay = ep.mask == nullptr ? (m + n) * k <= 2 * m * n
                          : mask_per_block   ? (m + n) * k <= m * n
                                             : output_bound(m, n, k);
+  // float16: oneDNN's ReLU runs on the float sum before rounding, so a
+  // negative sum that rounds to -0.0 would come out +0.0 (torch.relu keeps it).
+  if (a.scalar_type() == at::kHalf) return PostOp::kNo;
   if (!scans_pay || !a.is_contiguous() || !w.is_contiguous()) return PostOp::kNo;
   const float a_max = max_abs(a), w_max = max_abs(w);
   const float inf = std::numeric_limits<float>::infinity();
@@ -548,9 +576,11 @@ PostOp relu_post_op(const Tensor& a, const Tensor& w, const Tensor& bias, const 
 // inputs where the post-op route scans them anyway, and otherwise each
 // product block while it is in cache (then a non-finite block, rare, means
 // the product is redone by ATen).
-Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+Tensor onednn_mm(const Tensor& a_in, const Tensor& b, Tensor c, bool accumulate,
+                 const Epilogue* ep) {
+  const Tensor a = onednn_operand(a_in);
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
-  const Tensor w = b.t();  // n x k, as oneDNN's linear takes its weight
+  const Tensor w = onednn_operand(b.t());  // n x k, as oneDNN's linear takes its weight
   const Tensor bias = ep != nullptr && ep->bias.defined() ? ep->bias.contiguous() : Tensor();
   bool guard = a.element_size() == 2;
   const auto product = [&](int64_t r0, int64_t rows) {
@@ -597,15 +627,12 @@ Tensor onednn_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, co
 // size-1 dimension counts as either); anything else is copied contiguous
 // into `keep` first.
 dnnl::Operand dnnl_operand(const Tensor& t, Tensor& keep) {
-  const int64_t r = t.size(0), c = t.size(1);
-  int64_t rs = t.stride(0), cs = t.stride(1);
-  if (r == 1) rs = c * std::max<int64_t>(cs, 1);
-  if (c == 1) cs = 1;
-  if (!((cs == 1 && rs >= c) || (rs == 1 && cs >= r))) {
+  const OneDNNStrides s = onednn_strides(t);
+  if (!s.plain) {
     keep = t.contiguous();
-    return {keep.const_data_ptr(), c, 1};
+    return {keep.const_data_ptr(), t.size(1), 1};
   }
-  return {t.const_data_ptr(), rs, cs};
+  return {t.const_data_ptr(), s.rows, s.cols};
 }
 
 // oneDNN's matmul, called directly (dnnl_matmul.h): writes into c (or its
@@ -614,6 +641,9 @@ dnnl::Operand dnnl_operand(const Tensor& t, Tensor& keep) {
 // microseconds, where the dispatcher's operator costs ~15). The ReLU post-op
 // and the 16-bit guard follow onednn_mm's rules.
 Tensor dnnl_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, const Epilogue* ep) {
+  // A thread that has not run an ATen parallel loop yet still has OpenMP's
+  // default thread count: take torch's (oneDNN runs on OpenMP's).
+  at::internal::lazy_init_num_threads();
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   const dnnl::Type type = a.scalar_type() == at::kBFloat16 ? dnnl::Type::kBF16 : dnnl::Type::kF32;
   Tensor a_keep, b_keep;
