@@ -17,7 +17,12 @@ def test_info_command_runs_and_self_checks():
     out = proc.stdout
     assert "torch-relu-ext 0.1.0" in out
     assert "self-check cpu: OK" in out
-    assert f"CPU matrix product: {torch_relu_ext._C.cpu_gemm()} " in out
+    desc = torch_relu_ext._C.cpu_gemm()
+    assert f"CPU matrix product: {desc.split(':')[0]} (TORCH_RELU_EXT_CPU_GEMM=" in out
+    # Every choice the description names, on a line of its own.
+    for choice in desc.split(": ", 1)[1].split("; ")[0].split(", "):
+        assert f"\n    {choice}\n" in out
+    assert "forward_masked bfloat16 8192x64x1024" in desc
     # One row per operator the dispatcher knows.
     rows = {line.split()[0] for line in out.splitlines() if line.split() and line.split()[0] in operators()}
     assert rows == set(operators())

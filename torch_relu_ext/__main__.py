@@ -77,6 +77,18 @@ def self_check(device, seconds=2.0):
     return True, f"{cases} random cases"
 
 
+def cpu_gemm_lines(desc: str) -> str:
+    """_C.cpu_gemm()'s one line ("setting: use dtype layer backend, ...; dnnl: ...;
+    amx: ...") as a block: the setting, then one choice per line."""
+    setting, _, rest = desc.partition(": ")
+    choices, *libraries = rest.split("; ")
+    lines = [f"CPU matrix product: {setting} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|amx|aten)"]
+    lines.append("  backend chosen per product (use dtype rows x in x out):")
+    lines += [f"    {c}" for c in choices.split(", ")]
+    lines += [f"  {lib}" for lib in libraries]
+    return "\n".join(lines)
+
+
 def main():
     print(f"torch-relu-ext {torch_relu_ext.__version__} ({_C.__file__})")
     print(
@@ -87,7 +99,7 @@ def main():
     print(f"build: CUDA kernels {'compiled' if cuda_built else 'not compiled (CPU-only build)'}")
     print(f"CPU loops: {_C.cpu_isa()} (ATen CPU capability: {torch.backends.cpu.get_cpu_capability()})")
     try:
-        print(f"CPU matrix product: {_C.cpu_gemm()} (TORCH_RELU_EXT_CPU_GEMM=auto|own|onednn|dnnl|amx|aten)")
+        print(cpu_gemm_lines(_C.cpu_gemm()))
     except RuntimeError as e:  # a bad TORCH_RELU_EXT_CPU_GEMM: say it in one line
         print(f"error: {e}", file=sys.stderr)
         return 2

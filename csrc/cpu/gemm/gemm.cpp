@@ -811,26 +811,33 @@ std::string describe() {
   const Mode md = mode();
   std::ostringstream s;
   s << (md.has_value() ? name(*md) : "auto");
-  // The choice for a few representative products.
+  // The choice for a few representative layers (rows x in x out, as
+  // benchmarks name them), per use.
   struct Probe {
     const char* what;
     Use use;
     at::ScalarType dtype;
-    int64_t m, n, k;
+    int64_t rows, in, out;
   };
   const Probe probes[] = {
       {"forward float32 2048x1024x1024", Use::kForward, at::kFloat, 2048, 1024, 1024},
       {"forward float32 4x1024x1024", Use::kForward, at::kFloat, 4, 1024, 1024},
       {"forward bfloat16 2048x1024x1024", Use::kForward, at::kBFloat16, 2048, 1024, 1024},
       {"forward bfloat16 16x1024x1024", Use::kForward, at::kBFloat16, 16, 1024, 1024},
-      {"forward bfloat16 2048x256x64", Use::kForward, at::kBFloat16, 2048, 64, 256},
+      {"forward bfloat16 2048x256x64", Use::kForward, at::kBFloat16, 2048, 256, 64},
+      {"forward_masked float32 8192x64x1024", Use::kForwardMasked, at::kFloat, 8192, 64, 1024},
+      {"forward_masked bfloat16 8192x64x1024", Use::kForwardMasked, at::kBFloat16, 8192, 64, 1024},
       {"grad_input float32 2048x1024x1024", Use::kGradInput, at::kFloat, 2048, 1024, 1024},
-      {"grad_weight float32 1024x1024x2048", Use::kGradWeight, at::kFloat, 1024, 1024, 2048},
+      {"grad_weight float32 2048x1024x1024", Use::kGradWeight, at::kFloat, 2048, 1024, 1024},
       {"grad_input bfloat16 2048x1024x1024", Use::kGradInput, at::kBFloat16, 2048, 1024, 1024},
   };
   const char* sep = ": ";
   for (const Probe& p : probes) {
-    s << sep << p.what << " " << name(choose(p.use, p.dtype, p.m, p.n, p.k));
+    // The product's m x n x k: forward x @ W^T, grad_input G @ W, grad_weight G^T @ x.
+    const int64_t m = p.use == Use::kGradWeight ? p.out : p.rows;
+    const int64_t n = p.use == Use::kGradWeight || p.use == Use::kGradInput ? p.in : p.out;
+    const int64_t k = p.use == Use::kGradWeight ? p.rows : p.use == Use::kGradInput ? p.out : p.in;
+    s << sep << p.what << " " << name(choose(p.use, p.dtype, m, n, k));
     sep = ", ";
   }
   s << "; dnnl: " << dnnl::describe() << "; amx: " << (amx::available() ? "yes" : "no");
