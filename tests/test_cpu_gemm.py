@@ -291,6 +291,34 @@ def test_amx_forward_edges(rows, in_f, out_f):
     assert torch.equal(bits, (out > 0) | out.isnan())
 
 
+def test_amx_rounds_like_eager():
+    """Sums that are exact in float (small integers) are rounded once to
+    bfloat16: bitwise eager's relu(F.linear), including biases whose sums are
+    float subnormals, which eager's oneDNN product flushes to zeros of their
+    sign (c10::BFloat16's rounding, used by amx until session 8, kept them)."""
+    if not amx_available():
+        pytest.skip("needs AMX bfloat16 tiles")
+    g = torch.Generator().manual_seed(3)
+    rows, in_f, out_f = 96, 64, 160
+    x = torch.randint(-9, 10, (rows, in_f), generator=g).bfloat16()
+    w = torch.randint(-9, 10, (out_f, in_f), generator=g).bfloat16()
+    b = torch.randint(-300, 300, (out_f,), generator=g).bfloat16()
+    x[:8] = 0  # rows where the output is the bias alone
+    b[:4] = torch.tensor([5e-39, -5e-39, 1e-45, -1e-40])  # bfloat16 subnormals
+    b[4:6] = torch.tensor([float("nan"), float("inf")])
+    eager = torch.relu(torch.nn.functional.linear(x, w, b))
+    assert (eager[:8, :4] == 0).all()  # eager flushes the subnormal sums
+    _C.set_cpu_gemm("amx")
+    try:
+        out, mask = ops.fused_linear_relu_forward(x, w, b)
+        inf = ops.fused_linear_relu(x, w, b)
+    finally:
+        _C.set_cpu_gemm("auto")
+    assert torch.equal(out.view(torch.int16), eager.view(torch.int16))
+    assert torch.equal(inf.view(torch.int16), eager.view(torch.int16))
+    assert torch.equal(ops.relu_mask_unpack(mask, [rows, out_f]), (eager > 0) | eager.isnan())
+
+
 def test_amx_follows_aten_cpu_capability():
     """Its epilogue is AVX-512 code: below avx512 it gives way, as `own`."""
     if not amx_available():

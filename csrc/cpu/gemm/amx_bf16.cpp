@@ -37,8 +37,9 @@ namespace torch_relu_ext::cpu::amx {
 
 #if RELU_EXT_AMX_BUILT
 
-#define RELU_EXT_AMX_TARGET \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,amx-tile,amx-bf16,prfchw")))
+#define RELU_EXT_AMX_TARGET                                                                \
+  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16," \
+                        "prfchw")))
 
 namespace {
 
@@ -113,17 +114,6 @@ RELU_EXT_AMX_TARGET inline void block_product(const uint16_t* a, int64_t lda, co
   _tile_stored(3, c + 16 * ldc + 16, kCStride);
 }
 
-// 16 floats rounded to bfloat16 (to nearest even, NaN -> 0x7FC0, exactly
-// as c10::BFloat16), in the low half of each 32-bit lane.
-RELU_EXT_AMX_TARGET inline __m512i round_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i r =
-      _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
-                               _mm512_set1_epi32(0x7FC0));
-}
-
 // ORs `len` (<= 32) bits into the zeroed mask at bit e.
 inline void or_bits(uint8_t* mask, int64_t e, uint32_t bits, int64_t len) {
   const int shift = static_cast<int>(e & 7);
@@ -134,7 +124,9 @@ inline void or_bits(uint8_t* mask, int64_t e, uint32_t bits, int64_t len) {
 }
 
 // The epilogue of a finished rows x cols block of c (row stride ldc, cols
-// <= kNC), row by row: + bias, rounded to bfloat16, then ReLU on the rounded
+// <= kNC), row by row: + bias, rounded to bfloat16 by vcvtne2ps2bf16 (to
+// nearest even; NaN stays NaN; float subnormals become zeros of their sign,
+// as in oneDNN's and so eager's bfloat16 products), then ReLU on the rounded
 // value as torch.relu (negative non-NaN -> +0; -0.0 and NaN kept) -> out
 // (row stride n), and the mask bits (rounded value not <= 0: positive or
 // NaN) of row `row0` on, column col0 on. On the 16-bit patterns as signed
@@ -146,7 +138,6 @@ template <bool kMask>
 RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* bias, int64_t rows,
                                      int64_t cols, uint16_t* out, int64_t n, uint8_t* mask,
                                      int64_t row0, int64_t col0) {
-  const __m512i order = _mm512_set_epi64(7, 5, 3, 1, 6, 4, 2, 0);
   const __m512i first_negative = _mm512_set1_epi16(static_cast<int16_t>(0x8001));
   const __m512i negative_span = _mm512_set1_epi16(0x7F7F);
   const __m512i lowest_pass = _mm512_set1_epi16(-127);
@@ -164,9 +155,7 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
       const __m512 v1 =
           _mm512_add_ps(_mm512_load_ps(c + i * ldc + j + 16),
                         bias != nullptr ? _mm512_load_ps(bias + j + 16) : _mm512_setzero_ps());
-      // packus keeps 128-bit lanes apart: put the eight 64-bit groups in order.
-      const __m512i y =
-          _mm512_permutexvar_epi64(order, _mm512_packus_epi32(round_bf16(v0), round_bf16(v1)));
+      const __m512i y = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0));
       const __mmask32 negative =
           _mm512_cmple_epu16_mask(_mm512_sub_epi16(y, first_negative), negative_span);
       const int64_t len = std::min<int64_t>(32, cols - j);
@@ -199,7 +188,8 @@ bool available() {
   static const bool ok = [] {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
-        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl")) {
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl") ||
+        !__builtin_cpu_supports("avx512bf16")) {
       return false;
     }
     unsigned a = 7, b = 0, c = 0, d = 0;

@@ -17,8 +17,9 @@
 
 namespace torch_relu_ext::cpu::amx {
 
-// Whether this CPU and OS run AMX bfloat16 tiles: CPUID's AMX-TILE and
-// AMX-BF16, and Linux's permission for tile data (requested on first call).
+// Whether this CPU and OS run AMX bfloat16 tiles: CPUID's AMX-TILE,
+// AMX-BF16 and AVX512-BF16, and Linux's permission for tile data
+// (requested on first call).
 bool available();
 
 // bfloat16 elements (as raw 16-bit words) of W (n x k) packed.
