@@ -359,7 +359,10 @@ def test_amx_choice():
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 1024, 1024) == "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 1024, 479) != "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) != "amx"
-    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) != "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) == "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 512, 256) == "amx"  # a 2^17 weight
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 256) != "amx"  # 2^18
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 512, 13) != "amx"
     # Few outputs, long reductions: most of a 32-column panel wasted.
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 1, 65536) != "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 8, 8192) != "amx"
