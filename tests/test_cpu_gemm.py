@@ -247,6 +247,7 @@ AMX_SHAPES = [
     (257, 288, 129),
     (300, 479, 256),
     (512, 32, 1000),
+    (300, 1100, 520),  # a packed weight over 1 MiB: 256-row blocks, the last one partial
 ]
 
 
@@ -339,9 +340,11 @@ def test_amx_results_do_not_depend_on_thread_count():
     if not amx_available():
         pytest.skip("needs AMX bfloat16 tiles")
     torch.manual_seed(3)
-    x, w, b = torch.randn(600, 300).bfloat16(), torch.randn(130, 300).bfloat16(), torch.randn(130).bfloat16()
-    res = results_on_threads("amx", lambda: (*ops.fused_linear_relu_forward(x, w, b), ops.fused_linear_relu(x, w, b)))
-    assert_bitwise_equal_results(res)
+    # 32-row blocks (a small weight), and 256-row ones (a weight over 1 MiB).
+    for in_f, out_f in [(300, 130), (1100, 520)]:
+        x, w, b = torch.randn(600, in_f).bfloat16(), torch.randn(out_f, in_f).bfloat16(), torch.randn(out_f).bfloat16()
+        res = results_on_threads("amx", lambda: (*ops.fused_linear_relu_forward(x, w, b), ops.fused_linear_relu(x, w, b)))
+        assert_bitwise_equal_results(res)
 
 
 def test_amx_choice():

@@ -37,9 +37,10 @@ namespace torch_relu_ext::cpu::amx {
 
 #if RELU_EXT_AMX_BUILT
 
-#define RELU_EXT_AMX_TARGET                                                                \
-  __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16," \
-                        "prfchw")))
+#define RELU_EXT_AMX_TARGET                                                     \
+  __attribute__((                                                               \
+      target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,amx-tile,amx-bf16," \
+             "prfchw")))
 
 namespace {
 
@@ -51,6 +52,11 @@ using gemm::transpose16;
 // columns (4 panels) accumulated in a 144 KiB buffer, reductions of 256 (a
 // panel's 256 rows, 16 KiB, stay in L1 while the row blocks pass).
 constexpr int64_t kMC = 256;
+// Where the packed weight has at most 1 MiB (it stays in L2 while rows
+// pass), row blocks of 32 instead: each block's output rows are written
+// whole and in order, and its accumulators stay in L1 (docs/cpu_gemm.md:
+// 0.73-0.95x the time on output-bound and mid-size forwards).
+constexpr int64_t kSmallWeightBytes = int64_t{1} << 20;
 constexpr int64_t kNC = 128;
 constexpr int64_t kKC = 256;
 constexpr int64_t kTile = kRows;  // rows and columns of a block of 4 accumulator tiles
@@ -258,8 +264,9 @@ RELU_EXT_AMX_TARGET void forward_rows(const uint16_t* x, int64_t ldx, int64_t r0
   }
   const auto finish = mask != nullptr ? &finish_rows<true> : &finish_rows<false>;
   configure_tiles();
-  for (int64_t rc = r0; rc < r1; rc += kMC) {
-    const int64_t rows = std::min(kMC, r1 - rc), tiles = (rows + kTile - 1) / kTile;
+  const int64_t mc = packed_elems(n, k) * 2 <= kSmallWeightBytes ? kTile : kMC;
+  for (int64_t rc = r0; rc < r1; rc += mc) {
+    const int64_t rows = std::min(mc, r1 - rc), tiles = (rows + kTile - 1) / kTile;
     const uint16_t* a = x + rc * ldx;
     int64_t lda = ldx;
     if (k % 32 != 0 || rows % kTile != 0) {

@@ -7,7 +7,8 @@
 // Method: W is packed once per call into panels of 32 output columns in the
 // VNNI layout the tile instructions read (row p of a panel: the pairs
 // W[j][2p], W[j][2p + 1] of its 32 columns j). Each thread owns whole 32-row
-// blocks of x; per 256 rows it keeps 4 accumulator tiles (32 x 32 floats) for
+// blocks of x; per 256 rows (32 where the packed weight has at most 1 MiB) it
+// keeps 4 accumulator tiles (32 x 32 floats) for
 // each block of 32 x 32 outputs, reduces k in steps of 32 and applies the
 // epilogue after the last step. Every output element is reduced in the same
 // order whatever the split: results do not depend on the thread count.
