@@ -361,16 +361,22 @@ def test_amx_choice():
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 4096, 64) == "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 1024, 1024) == "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 1024, 479) != "amx"
-    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) != "amx"
+    # Short reductions of weights up to 2^19: output-bound, amx from 64 rows (k <= 64) or 512 (k <= 128).
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 64) == "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 32, 4096, 64) != "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 512, 2048, 128) == "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 256, 4096, 128) != "amx"
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 4096, 256) != "amx"
     assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 512, 13) == "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 512, 256) == "amx"  # a 2^17 weight
     assert _C.cpu_gemm_backend("forward", "bfloat16", 2048, 1024, 256) != "amx"  # 2^18
-    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 512, 13) != "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 8192, 512, 13) == "amx"
+    assert _C.cpu_gemm_backend("forward_masked", "bfloat16", 2048, 4096, 4096) != "amx"
     # Few outputs, long reductions: most of a 32-column panel wasted.
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 1, 65536) != "amx"
     assert _C.cpu_gemm_backend("forward", "bfloat16", 1, 8, 8192) != "amx"
-    # A large output of a small weight: bound by writing it (inference).
-    assert _C.cpu_gemm_backend("forward", "bfloat16", 8192, 1024, 64) != "amx"
+    # A large output of a small weight: written whole rows at a time (32-row blocks).
+    assert _C.cpu_gemm_backend("forward", "bfloat16", 8192, 1024, 64) == "amx"
     assert _C.cpu_gemm_backend("forward", "float32", 2048, 64, 256) != "amx"
     _C.set_cpu_gemm("amx")
     try:

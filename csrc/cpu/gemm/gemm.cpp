@@ -196,22 +196,28 @@ constexpr int64_t kHugeMacs = int64_t{1} << 33;
 constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
 constexpr int64_t kGemvWeight = int64_t{1} << 18;
 // Our AMX bfloat16 forward (amx_bf16.h) against both oneDNN routes, on Intel
-// with AMX: 0.66-0.80x their time for weights of up to 2^16 elements with
-// 32+ outputs and reductions of up to 1024 (13 x 512 at 1-16 rows, 256 x 64
-// at 1-2048 rows); since its rounding is one instruction (session 8), also
-// for weights of 2^17 (512 x 256, 1024 x 128, 128 x 1024: 0.88-0.97x from
-// 16 rows, 0.96-1.03x at one) and for reductions shorter than a tile at
-// many rows (2048x13x512 0.91-1.00x, 512x13x512 0.86-0.93x); slower from
-// there on (it packs the weight on every call; oneDNN's kernels are faster
-// on large products). With the mask, which the libraries' routes write in a
-// pass of their own, it also won on products that write at least as much as
-// they read with reductions of 32-256 (256x64x4096, 2048x64x4096,
-// 8192x128x4096: 0.82-0.93x; 8192x64x1024 0.89x) and on 8192 rows with
-// weights of up to 2^20 elements (8192x1024x1024: 0.85-0.89x).
+// with AMX (docs/cpu_gemm.md, session 8 with the one-instruction rounding
+// and 32-row blocks): 0.77-0.95x their time for weights of up to 2^17
+// elements with 32+ outputs and reductions of up to 1024, at any row count
+// (2048x13x512 0.81x, 2048x256x64 0.77x, 2048x128x1024 0.88x, 16x512x256
+// 0.95x, one row even); for weights of up to 2^19 with short reductions,
+// which write far more than they read: k <= 64 from 64 rows (64x64x4096
+// 0.71x, 2048x64x4096 0.71x, 8192x64x1024 0.87x), k <= 128 from 512 rows
+// (512x128x2048 0.78x, 2048x128x4096 0.83x, 8192x128x4096 0.90x). Slower
+// elsewhere: it packs the weight on every call (1-256 rows of 2^20+
+// weights: 1.5-2.7x), and oneDNN's kernels are faster on compute-bound
+// products (2048x1024x1024 1.03x, 2048x4096x4096 1.14x). With the mask,
+// which the libraries' routes write in a pass of their own, it also won on
+// products that write at least as much as they read with reductions of
+// 32-256 (256x64x4096 0.93x, 1024x256x4096 0.95x, 8192x128x4096 0.87x) and
+// on 8192 rows with weights of up to 2^20 elements (8192x1024x1024 0.85x,
+// 8192x256x1024 0.68x).
 constexpr int64_t kAmxWeight = int64_t{1} << 17;
+constexpr int64_t kAmxShortKWeight = int64_t{1} << 19;
+constexpr int64_t kAmxShortK = 64, kAmxShortKRows = 64;
+constexpr int64_t kAmxMidK = 128, kAmxMidKRows = 512;
 constexpr int64_t kAmxMinOutputs = 32;
 constexpr int64_t kAmxMaxK = 1024;
-constexpr int64_t kAmxMaxOutput = int64_t{1} << 21;
 constexpr int64_t kAmxMaskedMinK = 32;
 constexpr int64_t kAmxMaskedMaxK = 256;
 constexpr int64_t kAmxMaskedManyRows = 8192;
@@ -219,12 +225,13 @@ constexpr int64_t kAmxMaskedWeight = int64_t{1} << 20;
 
 bool amx_wins(Use use, int64_t m, int64_t n, int64_t k) {
   // Few outputs with long reductions waste most of a 32-column panel and
-  // pack all of k per call: up to 26x slower (1 x 65536 -> 1). Large outputs
-  // of small weights are bound by writing them, where oneDNN was faster
-  // (8192x64x1024 inference: 1.08x in session 8, 1.13-1.21x before).
-  const bool small =
-      n * k <= kAmxWeight && n >= kAmxMinOutputs && k <= kAmxMaxK && m * n <= kAmxMaxOutput;
-  if (small) return true;
+  // pack all of k per call: up to 26x slower (1 x 65536 -> 1).
+  if (n < kAmxMinOutputs || k > kAmxMaxK) return false;
+  if (n * k <= kAmxWeight) return true;
+  if (n * k <= kAmxShortKWeight &&
+      ((k <= kAmxShortK && m >= kAmxShortKRows) || (k <= kAmxMidK && m >= kAmxMidKRows))) {
+    return true;
+  }
   if (use != Use::kForwardMasked || k < kAmxMaskedMinK) return false;
   // With the mask: many rows of a weight of up to 2^20; products that write
   // at least as much as they read, with reductions of 32-256 (2048x479x1024
