@@ -466,3 +466,32 @@ def test_hooked_relu_reason():
     with pytest.warns(UserWarning, match="nothing converted"):
         _, report = convert(model, report=True)
     assert report.skipped == {"0": "the ReLU after it has hooks"}
+
+
+class SlotComparedByIdentity(nn.Module):
+    """Iterates its Sequential and keeps the input of a ReLU it recognises by
+    identity (a review found convert() fooled by such a forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.seq = nn.Sequential(nn.Linear(8, 8), self.act, nn.Linear(8, 8))
+
+    def forward(self, x):
+        pre = x
+        for m in self.seq:
+            if m is self.act:
+                pre = x
+            x = m(x)
+        return x + pre
+
+
+def test_slot_compared_by_identity_is_left_alone():
+    torch.manual_seed(0)
+    model = SlotComparedByIdentity()
+    x = torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="nothing converted"):
+        converted, report = convert(model, report=True)
+    assert report.fused == [] and report.skipped["seq.0"] == "forward also uses its output other than through a ReLU"
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+    assert model.seq[1] is model.act  # the model is left as it was

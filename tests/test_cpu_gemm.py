@@ -294,7 +294,7 @@ def test_amx_forward_edges(rows, in_f, out_f):
 
 def test_amx_rounds_like_eager():
     """Sums that are exact in float (small integers) are rounded once to
-    bfloat16: bitwise eager's relu(F.linear), including biases whose sums are
+    bfloat16: bitwise eager's relu(F.linear) but for NaN payloads, including biases whose sums are
     float subnormals, which eager's oneDNN product flushes to zeros of their
     sign (c10::BFloat16's rounding, used by amx until session 8, kept them)."""
     if not amx_available():
@@ -315,9 +315,26 @@ def test_amx_rounds_like_eager():
         inf = ops.fused_linear_relu(x, w, b)
     finally:
         _C.set_cpu_gemm("auto")
-    assert torch.equal(out.view(torch.int16), eager.view(torch.int16))
-    assert torch.equal(inf.view(torch.int16), eager.view(torch.int16))
-    assert torch.equal(ops.relu_mask_unpack(mask, [rows, out_f]), (eager > 0) | eager.isnan())
+    nan = eager.isnan()  # NaN payloads: eager keeps the bias's, amx writes 0x7FC0
+    for y in (out, inf):
+        assert torch.equal(y.isnan(), nan) and (y[nan].view(torch.int16) == 0x7FC0).all()
+        assert torch.equal(y[~nan].view(torch.int16), eager[~nan].view(torch.int16))
+    assert torch.equal(ops.relu_mask_unpack(mask, [rows, out_f]), (eager > 0) | nan)
+    # A NaN sum (Inf - Inf) meeting a NaN bias with another payload: both
+    # operators write 0x7FC0 (a review found their bits differing).
+    x2 = torch.zeros(4, 64).bfloat16()
+    x2[:, :2] = float("inf")
+    w2 = torch.zeros(40, 64).bfloat16()
+    w2[:, 0], w2[:, 1] = 1.0, -1.0
+    b2 = torch.tensor([0x7FC1, -1] * 20, dtype=torch.int16).view(torch.bfloat16)  # NaNs: 0x7FC1, 0xFFFF
+    _C.set_cpu_gemm("amx")
+    try:
+        y2, m2 = ops.fused_linear_relu_forward(x2, w2, b2)
+        i2 = ops.fused_linear_relu(x2, w2, b2)
+    finally:
+        _C.set_cpu_gemm("auto")
+    assert (y2.view(torch.int16) == 0x7FC0).all() and (i2.view(torch.int16) == 0x7FC0).all()
+    assert ops.relu_mask_unpack(m2, [4, 40]).all()
 
 
 def test_amx_follows_aten_cpu_capability():

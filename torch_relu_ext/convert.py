@@ -191,42 +191,38 @@ def _sequential_pairs(model: nn.Module, report: ConversionReport) -> List[_Pair]
     return pairs
 
 
-def _trace_pairs(model: nn.Module, pairs: List[_Pair]):
-    """Traces the model with a ReLU object of its own in each pair's ReLU slot
-    (the same nn.ReLU may sit in several slots), so that the graph tells
-    which slot each ReLU call comes from. Returns (GraphModule or None, why
-    not, {id(pair): why the traced forward forbids fusing it, or None})."""
-    markers = {}
+def _pair_verdicts(model: nn.Module, gm: fx.GraphModule, pairs: List[_Pair]):
+    """{id(pair): why the traced forward forbids fusing it, or None}. The
+    modules are compared by identity (a forward may test `m is self.act`):
+    a pair fuses only where its Linear's output is read by ReLUs alone and
+    every call of its ReLU object reads the output of a Linear that the
+    object follows in some Sequential (a ReLU shared by several pairs, or
+    called on anything else, is then refused)."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    calls = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(id(modules[node.target]), []).append(node)
+    follows = {}  # id(ReLU object) -> ids of the Linears it follows in a pair
     for pair in pairs:
-        marker = nn.ReLU(inplace=pair.relu.inplace)
-        markers[id(marker)] = pair
-        setattr(pair.seq, pair.relu_name, marker)
-    try:
-        gm, why = _trace(model)
-        verdicts = {}
-        if gm is not None:
-            modules = dict(model.named_modules(remove_duplicate=False))
-            linear_nodes = {}
-            relu_calls = {id(p): [] for p in pairs}
-            for node in gm.graph.nodes:
-                if node.op != "call_module":
-                    continue
-                mod = modules.get(node.target)
-                linear_nodes.setdefault(id(mod), []).append(node)
-                if id(mod) in markers:
-                    relu_calls[id(markers[id(mod)])].append(node)
-            for pair in pairs:
-                nodes = linear_nodes.get(id(pair.linear), [])
-                verdict = None
-                if len(nodes) == 1 and not all(_is_relu_node(u, modules) for u in nodes[0].users):
-                    verdict = "forward also uses its output other than through a ReLU"
-                elif any(call.args[:1] != (nodes[0] if nodes else None,) for call in relu_calls[id(pair)]):
-                    verdict = "forward calls the ReLU after it on another value"
-                verdicts[id(pair)] = verdict
-        return gm, why, verdicts
-    finally:
-        for pair in pairs:
-            setattr(pair.seq, pair.relu_name, pair.relu)
+        follows.setdefault(id(pair.relu), set()).add(id(pair.linear))
+
+    def reads_a_paired_linear(call: fx.Node, relu: nn.Module) -> bool:
+        arg = call.args[0] if len(call.args) == 1 and not call.kwargs else None
+        return (
+            isinstance(arg, fx.Node) and arg.op == "call_module" and id(modules[arg.target]) in follows[id(relu)]
+        )
+
+    verdicts = {}
+    for pair in pairs:
+        nodes = calls.get(id(pair.linear), [])
+        verdict = None
+        if len(nodes) == 1 and not all(_is_relu_node(u, modules) for u in nodes[0].users):
+            verdict = "forward also uses its output other than through a ReLU"
+        elif not all(reads_a_paired_linear(call, pair.relu) for call in calls.get(id(pair.relu), [])):
+            verdict = "forward calls the ReLU after it on another value"
+        verdicts[id(pair)] = verdict
+    return verdicts
 
 
 def _convert_sequentials(pairs: List[_Pair], uses: _Uses, verdicts, report: ConversionReport) -> None:
@@ -353,10 +349,11 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
     if fx is True or fx == "auto":
         # Traced first: a Sequential's Linear and ReLU fuse only where the
         # graph shows that forward uses them as a pair and nothing else.
-        gm, why, verdicts = _trace_pairs(model, pairs)
+        gm, why = _trace(model)
         traceable = gm is not None
         if traceable:
             uses.calls = _call_counts(gm)
+            verdicts = _pair_verdicts(model, gm, pairs)
         else:
             rep.notes.append(f"forward not traceable by torch.fx ({why})")
             warnings.warn(

@@ -131,8 +131,8 @@ inline void or_bits(uint8_t* mask, int64_t e, uint32_t bits, int64_t len) {
 
 // The epilogue of a finished rows x cols block of c (row stride ldc, cols
 // <= kNC), row by row: + bias, rounded to bfloat16 by vcvtne2ps2bf16 (to
-// nearest even; NaN stays NaN; float subnormals become zeros of their sign,
-// as in oneDNN's and so eager's bfloat16 products), then ReLU on the rounded
+// nearest even; NaN -> 0x7FC0; float subnormals become zeros of their sign,
+// as oneDNN's bfloat16 products give them), then ReLU on the rounded
 // value as torch.relu (negative non-NaN -> +0; -0.0 and NaN kept) -> out
 // (row stride n), and the mask bits (rounded value not <= 0: positive or
 // NaN) of row `row0` on, column col0 on. On the 16-bit patterns as signed
@@ -147,6 +147,9 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
   const __m512i first_negative = _mm512_set1_epi16(static_cast<int16_t>(0x8001));
   const __m512i negative_span = _mm512_set1_epi16(0x7F7F);
   const __m512i lowest_pass = _mm512_set1_epi16(-127);
+  const __m512i magnitude = _mm512_set1_epi16(0x7FFF);
+  const __m512i infinity = _mm512_set1_epi16(0x7F80);
+  const __m512i quiet_nan = _mm512_set1_epi16(0x7FC0);
   const bool whole_bytes = n % 8 == 0;
   for (int64_t i = 0; i < rows; ++i) {
     if (i + kAhead < rows) {
@@ -161,7 +164,12 @@ RELU_EXT_AMX_TARGET void finish_rows(const float* c, int64_t ldc, const float* b
       const __m512 v1 =
           _mm512_add_ps(_mm512_load_ps(c + i * ldc + j + 16),
                         bias != nullptr ? _mm512_load_ps(bias + j + 16) : _mm512_setzero_ps());
-      const __m512i y = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+      __m512i y = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0));
+      // Every NaN as 0x7FC0: with NaN in both the sum and the bias, vaddps
+      // returns one operand's NaN, which the two instantiations of this
+      // function (with and without the mask) may order differently.
+      y = _mm512_mask_mov_epi16(
+          y, _mm512_cmpgt_epu16_mask(_mm512_and_si512(y, magnitude), infinity), quiet_nan);
       const __mmask32 negative =
           _mm512_cmple_epu16_mask(_mm512_sub_epi16(y, first_negative), negative_span);
       const int64_t len = std::min<int64_t>(32, cols - j);
