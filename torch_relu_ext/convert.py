@@ -209,9 +209,7 @@ def _pair_verdicts(model: nn.Module, gm: fx.GraphModule, pairs: List[_Pair]):
 
     def reads_a_paired_linear(call: fx.Node, relu: nn.Module) -> bool:
         arg = call.args[0] if len(call.args) == 1 and not call.kwargs else None
-        return (
-            isinstance(arg, fx.Node) and arg.op == "call_module" and id(modules[arg.target]) in follows[id(relu)]
-        )
+        return isinstance(arg, fx.Node) and arg.op == "call_module" and id(modules[arg.target]) in follows[id(relu)]
 
     verdicts = {}
     for pair in pairs:
