@@ -108,12 +108,23 @@ class Untraceable(nn.Module):
         return self.body(x)
 
 
-def test_untraceable_model_is_partly_converted_and_reported():
+def test_untraceable_model_is_left_alone_unless_fx_false():
+    # Without a trace convert cannot see how forward uses its Sequentials
+    # (slices, pieces, inspection): nothing is fused unless fx=False states
+    # that forward calls them only as a whole.
     model = Untraceable().eval()
-    converted, report = convert(model, report=True)
-    assert isinstance(converted.body[0], FusedLinearReLU) and type(converted.fc) is nn.Linear
-    assert any("not traceable" in s for s in report.notes) and report.skipped == {"fc": "not followed by a ReLU"}
     x = torch.rand(3, 4)
+    with pytest.warns(UserWarning, match="not traceable by torch.fx"):
+        converted, report = convert(model, report=True)
+    assert report.fused == [] and type(converted.body[0]) is nn.Linear
+    assert any("not traceable" in s for s in report.notes)
+    assert report.skipped == {
+        "body.0": "forward is not traceable by torch.fx (fx=False fuses it)",
+        "fc": "not followed by a ReLU",
+    }
+    same_outputs(model, converted, x)
+    converted, report = convert(model, report=True, fx=False)
+    assert isinstance(converted.body[0], FusedLinearReLU) and type(converted.fc) is nn.Linear
     same_outputs(model, converted, x)
     assert "fused Linear+ReLU: 1" in str(report)
 
@@ -369,8 +380,8 @@ def test_sequential_linear_also_called_directly_is_left_alone():
     same_outputs(model, converted, x)
 
 
-def test_untraceable_forward_warns_about_the_sequential_assumption():
-    with pytest.warns(UserWarning, match="not traceable by torch.fx; only Linear\\+ReLU pairs inside nn.Sequential"):
+def test_untraceable_forward_warns_and_points_to_fx_false():
+    with pytest.warns(UserWarning, match="not traceable by torch.fx, so convert cannot check"):
         convert(Untraceable())
     converted, report = convert(Untraceable(), fx=False, report=True)  # the assumption stated: no warning
     assert "fx=False" in report.notes[0] and isinstance(converted.body[0], FusedLinearReLU)
@@ -495,3 +506,70 @@ def test_slot_compared_by_identity_is_left_alone():
     assert report.fused == [] and report.skipped["seq.0"] == "forward also uses its output other than through a ReLU"
     torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
     assert model.seq[1] is model.act  # the model is left as it was
+
+
+class DropoutByMode(nn.Module):
+    """F.dropout(training=self.training) and a train-only branch: a traced
+    GraphModule would freeze the mode it was converted in (found by a
+    new-user trial)."""
+
+    def __init__(self):
+        super().__init__()
+        self.l, self.o = nn.Linear(16, 64), nn.Linear(64, 4)
+        self.body = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
+
+    def forward(self, x):
+        h = F.relu(self.l(x + self.body(x)))
+        h = F.dropout(h, 0.5, training=self.training)
+        return self.o(h) + (0.0 if self.training else 100.0)
+
+
+@pytest.mark.parametrize("converted_in", ["train", "eval"])
+def test_mode_dependent_forward_is_not_frozen_by_fx(converted_in):
+    torch.manual_seed(0)
+    model = DropoutByMode().train(converted_in == "train")
+    converted, report = convert(model, report=True)
+    assert not isinstance(converted, torch.fx.GraphModule)
+    assert report.fused == ["body.0"]  # the Sequential pair: forward runs live
+    assert "l" in report.skipped and "train and eval" in report.skipped["l"]
+    x = torch.randn(8, 16)
+    model.eval(), converted.eval()
+    torch.testing.assert_close(converted(x), model(x))
+    model.train(), converted.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(converted(x), a)
+
+
+class InspectsItsModules(nn.Module):
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.act = nn.ReLU()
+        self.seq = nn.Sequential(nn.Linear(16, 32), self.act, nn.Linear(32, 8), nn.PReLU())
+
+    def forward(self, x):
+        for m in self.seq:
+            x = m(x)
+            if self.how == "isinstance" and isinstance(m, nn.ReLU):
+                x = x + 1.0
+            if self.how == "identity" and m is self.act:
+                x = x - 1.0
+            if self.how == "prelu" and type(m) is nn.PReLU:
+                x = x * 2.0
+        return x
+
+
+@pytest.mark.parametrize("how", ["isinstance", "identity", "prelu"])
+def test_forward_that_inspects_converted_modules_is_left_alone(how):
+    torch.manual_seed(0)
+    model = InspectsItsModules(how)
+    x = torch.randn(4, 16)
+    converted, report = convert(model, report=True)
+    # Nothing is converted in place (the modules' forward would take another
+    # path); the traced pass may fuse on the graph of the original path.
+    assert any("another path" in n for n in report.notes) and report.prelu == []
+    assert report.fused == ["seq.0"] and isinstance(converted, torch.fx.GraphModule)
+    assert type(model.seq[0]) is nn.Linear and model.seq[1] is model.act
+    torch.testing.assert_close(converted(x), model(x))

@@ -12,10 +12,13 @@
 A Linear is fused only when that is correct by construction: it sits at
 exactly one place in the model (no module reached under two names, or called
 twice), shares no parameter with another module, has no hooks, and every use
-of its output is a ReLU; a Sequential's pair also needs its ReLU slot called
-only on that Linear's output (both read off the trace; an untraceable forward,
-or fx=False, is assumed to call the pair only through the Sequential, and
-the untraceable case warns). Everything else is left alone and reported once,
+of its output is a ReLU; a Sequential's pair also needs its ReLU object called
+on nothing else. All of it is read off torch.fx traces in train and eval
+mode; in-place conversions are undone if forward's trace changes over the
+converted modules, and no GraphModule is made where forward's graph depends
+on the mode. An untraceable forward is left alone with a warning (fx=False
+converts its Sequentials, assuming forward calls them only as a whole).
+Everything else is left alone and reported once,
 with its reason. Weights are shared with the copy's parameters (same values,
 device, dtype), and the train/eval state is kept. revert(converted) goes back
 to plain modules; the record it needs lives in the converted modules
@@ -223,7 +226,8 @@ def _pair_verdicts(model: nn.Module, gm: fx.GraphModule, pairs: List[_Pair]):
     return verdicts
 
 
-def _convert_sequentials(pairs: List[_Pair], uses: _Uses, verdicts, report: ConversionReport) -> None:
+def _convert_sequentials(pairs: List[_Pair], uses: _Uses, verdicts, report: ConversionReport) -> List[_Pair]:
+    fused = []
     for pair in pairs:
         why = uses.why_not(pair.linear) or verdicts.get(id(pair))
         if why:
@@ -232,17 +236,82 @@ def _convert_sequentials(pairs: List[_Pair], uses: _Uses, verdicts, report: Conv
         setattr(pair.seq, pair.linear_name, _fused_from(pair.linear, "sequential"))
         setattr(pair.seq, pair.relu_name, _FusedAway(pair.relu))
         report.fused.append(pair.full)
+        fused.append(pair)
+    return fused
 
 
-def _convert_prelus(model: nn.Module, report: ConversionReport) -> None:
+def _convert_prelus(model: nn.Module, report: ConversionReport) -> list:
+    """Returns the slots changed: (parent, child name, original, reported name or None)."""
     done: Dict[int, DeadAwarePReLU] = {}  # a PReLU at several places stays one module
+    changed = []
     for name, mod in list(model.named_modules()):
         for child_name, child in list(_slots(mod)):
             if type(child) is nn.PReLU:
+                reported = None
                 if id(child) not in done:
                     done[id(child)] = _prelu_from(child)
-                    report.prelu.append(f"{name}.{child_name}" if name else child_name)
+                    reported = f"{name}.{child_name}" if name else child_name
+                    report.prelu.append(reported)
                 setattr(mod, child_name, done[id(child)])
+                changed.append((mod, child_name, child, reported))
+    return changed
+
+
+def _undo(fused: List[_Pair], prelus: list, report: ConversionReport) -> None:
+    why = "forward inspects the modules (its trace changes once they are converted)"
+    for pair in fused:
+        setattr(pair.seq, pair.linear_name, pair.linear)
+        setattr(pair.seq, pair.relu_name, pair.relu)
+        report.fused.remove(pair.full)
+        report._skip(pair.full, why, pair.linear)
+    for parent, child_name, original, reported in prelus:
+        setattr(parent, child_name, original)
+        if reported is not None:
+            report.prelu.remove(reported)
+            report._skip(reported, why, original)
+
+
+def _trace_modes(model: nn.Module):
+    """{True: (GraphModule or None, why not), False: ...}: traced in train and
+    in eval mode; every module's own mode is restored."""
+    saved = [(m, m.training) for m in model.modules()]
+    try:
+        traces = {}
+        for mode in (True, False):
+            model.train(mode)
+            traces[mode] = _trace(model)
+        return traces
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
+def _graph_key(gm: fx.GraphModule, model: nn.Module, was=None) -> list:
+    """The graph as (op, target, arguments) per node, with nodes as their
+    positions and called modules as the objects they stand for (`was`: id
+    of a converted module -> id of the one it replaced), so that a forward
+    taking the same path over converted modules gives the same key."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    was = was or {}
+    position = {node: i for i, node in enumerate(gm.graph.nodes)}
+    key = []
+    for node in gm.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            target = was.get(id(modules[node.target]), id(modules[node.target]))
+        args = fx.node.map_arg((node.args, node.kwargs), lambda n: ("node", position[n]))
+        key.append((node.op, str(target), repr(args)))
+    return key
+
+
+def _fx_candidates(gm: fx.GraphModule, model: nn.Module):
+    """(name, why) of the Linears the traced pass would fuse, where it must not."""
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and type(modules.get(node.target)) is nn.Linear:
+            users = list(node.users)
+            if users and all(_is_relu_node(u, modules) for u in users):
+                yield node.target, "forward differs between train and eval mode (a traced GraphModule would freeze it)"
 
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
@@ -342,33 +411,64 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
     rep = ConversionReport()
     uses = _Uses(model)
     pairs = _sequential_pairs(model, rep)
-    traceable = False
-    verdicts = {}
-    if fx is True or fx == "auto":
-        # Traced first: a Sequential's Linear and ReLU fuse only where the
-        # graph shows that forward uses them as a pair and nothing else.
-        gm, why = _trace(model)
-        traceable = gm is not None
-        if traceable:
-            uses.calls = _call_counts(gm)
-            verdicts = _pair_verdicts(model, gm, pairs)
-        else:
-            rep.notes.append(f"forward not traceable by torch.fx ({why})")
-            warnings.warn(
-                f"convert: the forward of {type(model).__name__} is not traceable by torch.fx; only Linear+ReLU "
-                "pairs inside nn.Sequential are converted, assuming forward calls their Linear only through the "
-                "Sequential (fx=False states that assumption and silences this warning)",
-                stacklevel=2,
-            )
-    else:
+    if fx is False:
         rep.notes.append("fx=False: only nn.Sequential chains searched, their Linears assumed called only through the Sequential")
-    _convert_sequentials(pairs, uses, verdicts, rep)
-    if prelu:
-        _convert_prelus(model, rep)
-    if traceable:
+        _convert_sequentials(pairs, uses, {}, rep)
+        if prelu:
+            _convert_prelus(model, rep)
+        return _finish(model, rep, report)
+    # Traced in train and in eval mode: a Sequential's Linear and ReLU fuse
+    # only where both graphs show that forward uses them as a pair and
+    # nothing else.
+    traces = _trace_modes(model)
+    why = next((why for gm, why in traces.values() if gm is None), None)
+    if why is not None:
+        rep.notes.append(f"forward not traceable by torch.fx ({why})")
+        for pair in pairs:
+            rep._skip(pair.full, "forward is not traceable by torch.fx (fx=False fuses it)", pair.linear)
+        warnings.warn(
+            f"convert: the forward of {type(model).__name__} is not traceable by torch.fx, so convert cannot check "
+            "how it uses its modules: no Linear+ReLU is fused. If forward calls its nn.Sequentials only as a whole, "
+            "convert(model, fx=False) fuses the pairs inside them.",
+            stacklevel=2,
+        )
+        if prelu:
+            _convert_prelus(model, rep)
+        return _finish(model, rep, report)
+    before = {mode: _graph_key(gm, model) for mode, (gm, _) in traces.items()}
+    uses.calls = _call_counts(traces[True][0]) | _call_counts(traces[False][0])
+    verdicts = {}
+    for gm, _ in traces.values():
+        for key, verdict in _pair_verdicts(model, gm, pairs).items():
+            verdicts[key] = verdicts.get(key) or verdict
+    fused = _convert_sequentials(pairs, uses, verdicts, rep)
+    prelus = _convert_prelus(model, rep) if prelu else []
+    if fused or prelus:
+        # The model's own forward runs on the converted modules: if it
+        # inspects them (isinstance, identity, attributes), its trace
+        # changes. Then nothing is converted in place.
+        was = {id(getattr(p.seq, p.linear_name)): id(p.linear) for p in fused}
+        was.update({id(getattr(p.seq, p.relu_name)): id(p.relu) for p in fused})
+        was.update({id(getattr(parent, name)): id(original) for parent, name, original, _ in prelus})
+        after = _trace_modes(model)
+        if any(gm is None or _graph_key(gm, model, was) != before[mode] for mode, (gm, _) in after.items()):
+            _undo(fused, prelus, rep)
+            rep.notes.append("forward takes another path once its modules are converted: none converted in place")
+    if before[True] != before[False]:
+        # A traced GraphModule would freeze the mode it was traced in
+        # (dropout's training=self.training, if self.training: ...).
+        rep.notes.append("forward differs between train and eval mode: no conversion through torch.fx")
+        for name, why in _fx_candidates(traces[model.training][0], model):
+            if name not in rep.fused:
+                rep._skip(name, why, model.get_submodule(name))
+    else:
         converted, changed = _convert_fx(model, uses, rep)
         if changed:
             model = converted
+    return _finish(model, rep, report)
+
+
+def _finish(model: nn.Module, rep: ConversionReport, report: bool):
     for name, mod in model.named_modules():
         if type(mod) is nn.Linear:
             rep._skip(name, "not followed by a ReLU", mod)
@@ -376,7 +476,7 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
         warnings.warn(
             f"convert: nothing converted in {type(model).__name__}: no Linear+ReLU that can be fused "
             "and no nn.PReLU (convert(model, report=True) says why)",
-            stacklevel=2,
+            stacklevel=3,
         )
     return (model, rep) if report else model
 
