@@ -80,7 +80,10 @@ class Functional(nn.Module):
 def test_fx_functional_model():
     torch.manual_seed(2)
     model = Functional().eval()
-    converted, report = convert(model, report=True)
+    converted, report = convert(model, report=True)  # default: in place only, the rest reported
+    assert not isinstance(converted, torch.fx.GraphModule) and report.fused == []
+    assert "fx=True" in report.skipped["fc1"]
+    converted, report = convert(model, report=True, fx=True)
     assert isinstance(converted, torch.fx.GraphModule)
     assert sorted(report.fused) == ["fc1", "fc2", "fc3"]
     assert report.skipped["shared"] == "its output is also used other than by a ReLU"
@@ -192,7 +195,7 @@ def test_revert_survives_copies(how, tmp_path):
     nested = nn.Sequential(nn.Sequential(nn.Linear(6, 6), nn.ReLU()), nn.PReLU(6), nn.Linear(6, 6)).eval()
     x = torch.randn(4, 6)
     for m in (model, nested):
-        converted = convert(m)
+        converted = convert(m, fx=True)
         if how == "deepcopy":
             copied = copy.deepcopy(converted)
         elif how == "pickle":
@@ -451,7 +454,7 @@ def test_sequential_relu_called_on_another_value_stays_a_relu(make):
     torch.manual_seed(0)
     model = make()
     x = torch.randn(8, 8)
-    converted, report = convert(model, report=True)
+    converted, report = convert(model, report=True, fx=True)
     assert report.fused == ["seq.0"] and "seq.0" not in report.skipped
     assert type(converted.get_submodule("seq.1")) is nn.ReLU
     torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
@@ -528,7 +531,7 @@ class DropoutByMode(nn.Module):
 def test_mode_dependent_forward_is_not_frozen_by_fx(converted_in):
     torch.manual_seed(0)
     model = DropoutByMode().train(converted_in == "train")
-    converted, report = convert(model, report=True)
+    converted, report = convert(model, report=True, fx=True)
     assert not isinstance(converted, torch.fx.GraphModule)
     assert report.fused == ["body.0"]  # the Sequential pair: forward runs live
     assert "l" in report.skipped and "train and eval" in report.skipped["l"]
@@ -566,10 +569,78 @@ def test_forward_that_inspects_converted_modules_is_left_alone(how):
     torch.manual_seed(0)
     model = InspectsItsModules(how)
     x = torch.randn(4, 16)
-    converted, report = convert(model, report=True)
+    with pytest.warns(UserWarning, match="nothing converted"):
+        converted, report = convert(model, report=True)
+    assert report.fused == [] and "forward inspects the modules" in report.skipped["seq.0"]
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+    converted, report = convert(model, report=True, fx=True)
     # Nothing is converted in place (the modules' forward would take another
-    # path); the traced pass may fuse on the graph of the original path.
+    # path); the traced pass fuses on the graph of the original path.
     assert any("another path" in n for n in report.notes) and report.prelu == []
     assert report.fused == ["seq.0"] and isinstance(converted, torch.fx.GraphModule)
     assert type(model.seq[0]) is nn.Linear and model.seq[1] is model.act
     torch.testing.assert_close(converted(x), model(x))
+
+
+class CountsCalls(nn.Module):
+    """forward updates a buffer in place (tracing runs it; found by a review)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("step", torch.zeros(()))
+        self.seq = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        self.step += 1
+        return F.relu(self.fc(self.seq(x))) * self.step
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_tracing_leaves_the_models_tensors_as_they_were(inplace):
+    torch.manual_seed(0)
+    model, reference = CountsCalls(), CountsCalls()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(4, 8)
+    converted, report = convert(model, report=True, inplace=inplace)
+    assert model.step.item() == 0 and converted.step.item() == 0
+    assert report.fused == ["seq.0"]
+    for _ in range(3):
+        torch.testing.assert_close(converted(x), reference(x))
+    # A GraphModule would not update the buffer: fx=True refuses it.
+    converted, report = convert(CountsCalls(), report=True, fx=True)
+    assert not isinstance(converted, torch.fx.GraphModule)
+    assert "in place" in report.skipped["fc"]
+
+
+def test_what_a_graph_module_would_drop_is_refused_or_left_alone():
+    class Functional2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.PReLU()
+
+        def forward(self, x):
+            return self.act(F.relu(self.fc(x)))
+
+    model = Functional2()
+    model.register_forward_hook(lambda m, i, o: o * 2)  # a hook of the model itself
+    model.act.register_forward_pre_hook(lambda m, i: (i[0] + 1,))  # a hooked PReLU
+    x = torch.randn(3, 4)
+    with pytest.warns(UserWarning, match="nothing converted"):
+        converted, report = convert(model, report=True, fx=True)
+    assert "hooks" in report.skipped["fc"] and report.skipped["act"] == "it has hooks"
+    torch.testing.assert_close(converted(x), model(x), rtol=0, atol=0)
+
+
+def test_global_module_hooks_stop_the_conversion():
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m)))
+    try:
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        with pytest.warns(UserWarning, match="global module hooks are registered"):
+            converted, report = convert(model, report=True)
+        assert report.fused == [] and type(converted[1]) is nn.ReLU
+    finally:
+        handle.remove()
+    assert convert(model, report=True)[1].fused == ["0"]

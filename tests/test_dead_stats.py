@@ -270,7 +270,7 @@ def test_revive_preserves_the_function_in_fx_converted_models():
             return self.c(F.relu(self.b(F.relu(self.a(x)))))
 
     torch.manual_seed(7)
-    model = convert(Net())
+    model = convert(Net(), fx=True)
     _kill_units(model.a, [2, 3])
     before, after, changes, warned = _revival_case(model, model.a, torch.randn(32, 8))
     assert changes["a"]["next"] == "b" and not warned
@@ -301,7 +301,7 @@ def test_revive_refuses_where_the_output_would_change(between):
                 h = F.relu(self.a(x))
                 return self.c(F.relu(self.b(h)) + h)
 
-        model = convert(Res())
+        model = convert(Res(), fx=True)
         layer, name, why = model.a, "a", "its output has several consumers"
     else:
 

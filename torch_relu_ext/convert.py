@@ -4,10 +4,10 @@
   - an nn.Linear followed by nn.ReLU (inplace or not) in an nn.Sequential, at
     any nesting depth, becomes a FusedLinearReLU (the ReLU's slot becomes a
     _FusedAway placeholder, so the other layers keep their state_dict keys);
-  - with fx=True (default "auto": when the model's forward is traceable), an
-    nn.Linear whose output is used only by ReLUs (F.relu, torch.relu,
-    Tensor.relu, an nn.ReLU module, inplace or not) becomes a FusedLinearReLU
-    in the traced GraphModule;
+  - with fx=True, an nn.Linear whose output is used only by ReLUs (F.relu,
+    torch.relu, Tensor.relu, an nn.ReLU module, inplace or not) becomes a
+    FusedLinearReLU in a GraphModule traced from forward (which keeps only
+    what torch.fx records: docs/usage.md); the default, "auto", reports them;
   - with prelu=True (default), every nn.PReLU becomes a DeadAwarePReLU.
 A Linear is fused only when that is correct by construction: it sits at
 exactly one place in the model (no module reached under two names, or called
@@ -25,6 +25,7 @@ to plain modules; the record it needs lives in the converted modules
 themselves, so it survives deepcopy, pickle and torch.save.
 """
 
+import contextlib
 import copy
 import warnings
 from collections import Counter
@@ -246,7 +247,9 @@ def _convert_prelus(model: nn.Module, report: ConversionReport) -> list:
     changed = []
     for name, mod in list(model.named_modules()):
         for child_name, child in list(_slots(mod)):
-            if type(child) is nn.PReLU:
+            if type(child) is nn.PReLU and _has_hooks(child):
+                report._skip(f"{name}.{child_name}" if name else child_name, "it has hooks", child)
+            elif type(child) is nn.PReLU:
                 reported = None
                 if id(child) not in done:
                     done[id(child)] = _prelu_from(child)
@@ -271,19 +274,37 @@ def _undo(fused: List[_Pair], prelus: list, report: ConversionReport) -> None:
             report._skip(reported, why, original)
 
 
-def _trace_modes(model: nn.Module):
-    """{True: (GraphModule or None, why not), False: ...}: traced in train and
-    in eval mode; every module's own mode is restored."""
-    saved = [(m, m.training) for m in model.modules()]
+@contextlib.contextmanager
+def _restored(model: nn.Module):
+    """Tracing runs forward's Python: every module's mode and every parameter
+    and buffer changed in place are restored afterwards. Yields a dict whose
+    "mutated" says whether any tensor was changed."""
+    modes = [(m, m.training) for m in model.modules()]
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    saved = [(t, t._version, t.detach().clone()) for t in tensors]
+    state = {"mutated": False}
     try:
+        yield state
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        with torch.no_grad():
+            for t, version, value in saved:
+                if t._version != version:
+                    state["mutated"] = True
+                    t.copy_(value)
+
+
+def _trace_modes(model: nn.Module):
+    """({True: (GraphModule or None, why not), False: ...}, whether tracing
+    changed a tensor of the model in place): traced in train and in eval
+    mode, the model restored (_restored)."""
+    with _restored(model) as state:
         traces = {}
         for mode in (True, False):
             model.train(mode)
             traces[mode] = _trace(model)
-        return traces
-    finally:
-        for m, mode in saved:
-            m.training = mode
+    return traces, state["mutated"]
 
 
 def _graph_key(gm: fx.GraphModule, model: nn.Module, was=None) -> list:
@@ -302,16 +323,6 @@ def _graph_key(gm: fx.GraphModule, model: nn.Module, was=None) -> list:
         args = fx.node.map_arg((node.args, node.kwargs), lambda n: ("node", position[n]))
         key.append((node.op, str(target), repr(args)))
     return key
-
-
-def _fx_candidates(gm: fx.GraphModule, model: nn.Module):
-    """(name, why) of the Linears the traced pass would fuse, where it must not."""
-    modules = dict(gm.named_modules())
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and type(modules.get(node.target)) is nn.Linear:
-            users = list(node.users)
-            if users and all(_is_relu_node(u, modules) for u in users):
-                yield node.target, "forward differs between train and eval mode (a traced GraphModule would freeze it)"
 
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
@@ -347,8 +358,11 @@ def _call_counts(gm: fx.GraphModule) -> Counter:
     return Counter(id(modules[n.target]) for n in gm.graph.nodes if n.op == "call_module")
 
 
-def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
-    gm, _ = _trace(model)
+def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport, refuse=None):
+    """Fuses in a traced GraphModule; with `refuse` (a reason), only reports
+    what it would have fused."""
+    with _restored(model):
+        gm, _ = _trace(model)
     if gm is None:
         return model, False
     modules = dict(gm.named_modules())
@@ -365,8 +379,8 @@ def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport):
         why = uses.why_not(modules[node.target])
         if why is None and calls[node.target] > 1:
             why = f"it is called at {calls[node.target]} places in forward"
-        if why:
-            report._skip(node.target, why, modules[node.target])
+        if why or refuse:
+            report._skip(node.target, why or refuse, modules[node.target])
             continue
         gm.add_submodule(node.target, _fused_from(modules[node.target], "fx"))  # same name and parameters
         report.skipped.pop(node.target, None)  # the Sequential pass may have refused its pair
@@ -409,6 +423,16 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
         raise ValueError(f"convert: expected fx to be True, False or 'auto', but got {fx!r}")
     model = model if inplace else copy.deepcopy(model)
     rep = ConversionReport()
+    hooks = _global_hooks()
+    if hooks:
+        # They would see _FusedAway and FusedLinearReLU where ReLUs and Linears were.
+        rep.notes.append(f"global module hooks are registered ({hooks}): nothing converted")
+        warnings.warn(
+            f"convert: global module hooks are registered ({hooks}); they would see other modules after "
+            "conversion, so nothing is converted",
+            stacklevel=2,
+        )
+        return _finish(model, rep, report)
     uses = _Uses(model)
     pairs = _sequential_pairs(model, rep)
     if fx is False:
@@ -420,7 +444,7 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
     # Traced in train and in eval mode: a Sequential's Linear and ReLU fuse
     # only where both graphs show that forward uses them as a pair and
     # nothing else.
-    traces = _trace_modes(model)
+    traces, mutates = _trace_modes(model)
     why = next((why for gm, why in traces.values() if gm is None), None)
     if why is not None:
         rep.notes.append(f"forward not traceable by torch.fx ({why})")
@@ -450,22 +474,35 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
         was = {id(getattr(p.seq, p.linear_name)): id(p.linear) for p in fused}
         was.update({id(getattr(p.seq, p.relu_name)): id(p.relu) for p in fused})
         was.update({id(getattr(parent, name)): id(original) for parent, name, original, _ in prelus})
-        after = _trace_modes(model)
+        after, _ = _trace_modes(model)
         if any(gm is None or _graph_key(gm, model, was) != before[mode] for mode, (gm, _) in after.items()):
             _undo(fused, prelus, rep)
             rep.notes.append("forward takes another path once its modules are converted: none converted in place")
-    if before[True] != before[False]:
-        # A traced GraphModule would freeze the mode it was traced in
-        # (dropout's training=self.training, if self.training: ...).
-        rep.notes.append("forward differs between train and eval mode: no conversion through torch.fx")
-        for name, why in _fx_candidates(traces[model.training][0], model):
-            if name not in rep.fused:
-                rep._skip(name, why, model.get_submodule(name))
-    else:
-        converted, changed = _convert_fx(model, uses, rep)
-        if changed:
-            model = converted
+    # Linears outside Sequentials fuse only in a traced GraphModule, which
+    # keeps only what torch.fx records (docs/usage.md): asked for with fx=True.
+    refuse = None
+    if fx == "auto":
+        refuse = "fusing it takes a traced GraphModule: convert(model, fx=True)"
+    elif before[True] != before[False]:
+        refuse = "forward differs between train and eval mode (a traced GraphModule would freeze it)"
+    elif mutates:
+        refuse = "forward changes the model's tensors in place (a traced GraphModule would not)"
+    elif _has_hooks(model):
+        refuse = "the model has hooks (a traced GraphModule would drop them)"
+    if refuse is not None and fx is True:
+        rep.notes.append(f"no conversion through torch.fx: {refuse}")
+    converted, changed = _convert_fx(model, uses, rep, refuse)
+    if changed:
+        model = converted
     return _finish(model, rep, report)
+
+
+def _global_hooks() -> str:
+    """The kinds of global module hooks registered (torch.nn.modules.module), or ''."""
+    from torch.nn.modules import module as mod
+
+    kinds = ["forward", "forward_pre", "backward", "backward_pre"]
+    return ", ".join(k for k in kinds if getattr(mod, f"_global_{k}_hooks", None))
 
 
 def _finish(model: nn.Module, rep: ConversionReport, report: bool):
