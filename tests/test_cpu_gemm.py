@@ -233,6 +233,17 @@ def amx_available():
     return "amx: yes" in _C.cpu_gemm()
 
 
+def amx_forward(x, w, b):
+    """(output, mask) of the training forward and the inference output, on the forced amx backend."""
+    _C.set_cpu_gemm("amx")
+    try:
+        assert _C.cpu_gemm_backend("forward_masked", "bfloat16", x.shape[0], w.shape[0], w.shape[1]) == "amx"
+        out, mask = ops.fused_linear_relu_forward(x, w, b)
+        return out, mask, ops.fused_linear_relu(x, w, b)
+    finally:
+        _C.set_cpu_gemm("auto")
+
+
 # The AMX forward's edges: 32-row tiles (direct reads of x need whole tiles
 # and k a multiple of 32), 256-row blocks, 32-column panels in groups of 4,
 # reductions of 256, odd k (the last pair padded), rows whose mask bits do
@@ -271,13 +282,7 @@ def test_amx_forward_edges(rows, in_f, out_f):
         w[33, 1], w[34, in_f - 1], b[out_f - 1] = float("nan"), float("inf"), -float("inf")
     w[min(out_f - 1, 32)] = 0.0
     b[min(out_f - 1, 32)] = -0.0
-    _C.set_cpu_gemm("amx")
-    try:
-        assert _C.cpu_gemm_backend("forward_masked", "bfloat16", rows, out_f, in_f) == "amx"
-        out, mask = ops.fused_linear_relu_forward(x, w, b)
-        inf = ops.fused_linear_relu(x, w, b)
-    finally:
-        _C.set_cpu_gemm("auto")
+    out, mask, inf = amx_forward(x, w, b)
     pre = F.linear(x.double(), w.double(), b.double())
     ref = F.relu(pre)
     assert torch.equal(out.view(torch.int16), inf.view(torch.int16))
@@ -309,12 +314,7 @@ def test_amx_rounds_like_eager():
     b[4:6] = torch.tensor([float("nan"), float("inf")])
     eager = torch.relu(torch.nn.functional.linear(x, w, b))
     assert (eager[:8, :4] == 0).all()  # eager flushes the subnormal sums
-    _C.set_cpu_gemm("amx")
-    try:
-        out, mask = ops.fused_linear_relu_forward(x, w, b)
-        inf = ops.fused_linear_relu(x, w, b)
-    finally:
-        _C.set_cpu_gemm("auto")
+    out, mask, inf = amx_forward(x, w, b)
     nan = eager.isnan()  # NaN payloads: eager keeps the bias's, amx writes 0x7FC0
     for y in (out, inf):
         assert torch.equal(y.isnan(), nan) and (y[nan].view(torch.int16) == 0x7FC0).all()
@@ -327,12 +327,7 @@ def test_amx_rounds_like_eager():
     w2 = torch.zeros(40, 64).bfloat16()
     w2[:, 0], w2[:, 1] = 1.0, -1.0
     b2 = torch.tensor([0x7FC1, -1] * 20, dtype=torch.int16).view(torch.bfloat16)  # NaNs: 0x7FC1, 0xFFFF
-    _C.set_cpu_gemm("amx")
-    try:
-        y2, m2 = ops.fused_linear_relu_forward(x2, w2, b2)
-        i2 = ops.fused_linear_relu(x2, w2, b2)
-    finally:
-        _C.set_cpu_gemm("auto")
+    y2, m2, i2 = amx_forward(x2, w2, b2)
     assert (y2.view(torch.int16) == 0x7FC0).all() and (i2.view(torch.int16) == 0x7FC0).all()
     assert ops.relu_mask_unpack(m2, [4, 40]).all()
 

@@ -159,6 +159,10 @@ class _Uses:
         return None
 
 
+def _qualname(parent: str, child: str) -> str:
+    return f"{parent}.{child}" if parent else child
+
+
 def _slots(seq: nn.Module):
     # Every slot, duplicates included (named_children() skips a module's
     # second slot, which would misplace the ReLU that follows it).
@@ -186,7 +190,7 @@ def _sequential_pairs(model: nn.Module, report: ConversionReport) -> List[_Pair]
         for i, (child_name, child) in enumerate(slots):
             if type(child) is not nn.Linear or i + 1 >= len(slots):
                 continue
-            full = f"{name}.{child_name}" if name else child_name
+            full = _qualname(name, child_name)
             relu_name, relu = slots[i + 1]
             if type(relu) is nn.ReLU and _has_hooks(relu):
                 report._skip(full, "the ReLU after it has hooks", child)
@@ -247,13 +251,15 @@ def _convert_prelus(model: nn.Module, report: ConversionReport) -> list:
     changed = []
     for name, mod in list(model.named_modules()):
         for child_name, child in list(_slots(mod)):
-            if type(child) is nn.PReLU and _has_hooks(child):
-                report._skip(f"{name}.{child_name}" if name else child_name, "it has hooks", child)
-            elif type(child) is nn.PReLU:
+            if type(child) is not nn.PReLU:
+                continue
+            if _has_hooks(child):
+                report._skip(_qualname(name, child_name), "it has hooks", child)
+            else:
                 reported = None
                 if id(child) not in done:
                     done[id(child)] = _prelu_from(child)
-                    reported = f"{name}.{child_name}" if name else child_name
+                    reported = _qualname(name, child_name)
                     report.prelu.append(reported)
                 setattr(mod, child_name, done[id(child)])
                 changed.append((mod, child_name, child, reported))
@@ -275,36 +281,30 @@ def _undo(fused: List[_Pair], prelus: list, report: ConversionReport) -> None:
 
 
 @contextlib.contextmanager
-def _restored(model: nn.Module):
-    """Tracing runs forward's Python: every module's mode and every parameter
-    and buffer changed in place are restored afterwards. Yields a dict whose
-    "mutated" says whether any tensor was changed."""
-    modes = [(m, m.training) for m in model.modules()]
+def _tensors_restored(model: nn.Module):
+    """Tracing runs forward's Python: the parameters and buffers it changes in
+    place are restored on exit (taken once for all of convert's traces).
+    Yields a function telling whether any was changed so far."""
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
     saved = [(t, t._version, t.detach().clone()) for t in tensors]
-    state = {"mutated": False}
     try:
-        yield state
+        yield lambda: any(t._version != version for t, version, _ in saved)
     finally:
-        for m, mode in modes:
-            m.training = mode
         with torch.no_grad():
             for t, version, value in saved:
                 if t._version != version:
-                    state["mutated"] = True
                     t.copy_(value)
 
 
 def _trace_modes(model: nn.Module):
-    """({True: (GraphModule or None, why not), False: ...}, whether tracing
-    changed a tensor of the model in place): traced in train and in eval
-    mode, the model restored (_restored)."""
-    with _restored(model) as state:
-        traces = {}
-        for mode in (True, False):
-            model.train(mode)
-            traces[mode] = _trace(model)
-    return traces, state["mutated"]
+    """{True: (GraphModule or None, why not), False: ...}: traced in train and
+    in eval mode, every module's own mode restored."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        return {mode: _trace(model.train(mode)) for mode in (True, False)}
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _graph_key(gm: fx.GraphModule, model: nn.Module, was=None) -> list:
@@ -361,8 +361,7 @@ def _call_counts(gm: fx.GraphModule) -> Counter:
 def _convert_fx(model: nn.Module, uses: _Uses, report: ConversionReport, refuse=None):
     """Fuses in a traced GraphModule; with `refuse` (a reason), only reports
     what it would have fused."""
-    with _restored(model):
-        gm, _ = _trace(model)
+    gm, _ = _trace(model)
     if gm is None:
         return model, False
     modules = dict(gm.named_modules())
@@ -441,60 +440,62 @@ def convert(model: nn.Module, *, report: bool = False, prelu: bool = True, fx: o
         if prelu:
             _convert_prelus(model, rep)
         return _finish(model, rep, report)
-    # Traced in train and in eval mode: a Sequential's Linear and ReLU fuse
-    # only where both graphs show that forward uses them as a pair and
-    # nothing else.
-    traces, mutates = _trace_modes(model)
-    why = next((why for gm, why in traces.values() if gm is None), None)
-    if why is not None:
-        rep.notes.append(f"forward not traceable by torch.fx ({why})")
-        for pair in pairs:
-            rep._skip(pair.full, "forward is not traceable by torch.fx (fx=False fuses it)", pair.linear)
-        warnings.warn(
-            f"convert: the forward of {type(model).__name__} is not traceable by torch.fx, so convert cannot check "
-            "how it uses its modules: no Linear+ReLU is fused. If forward calls its nn.Sequentials only as a whole, "
-            "convert(model, fx=False) fuses the pairs inside them.",
-            stacklevel=2,
-        )
-        if prelu:
-            _convert_prelus(model, rep)
+    with _tensors_restored(model) as changed_tensors:
+        # Traced in train and in eval mode: a Sequential's Linear and ReLU fuse
+        # only where both graphs show that forward uses them as a pair and
+        # nothing else.
+        traces = _trace_modes(model)
+        mutates = changed_tensors()
+        why = next((why for gm, why in traces.values() if gm is None), None)
+        if why is not None:
+            rep.notes.append(f"forward not traceable by torch.fx ({why})")
+            for pair in pairs:
+                rep._skip(pair.full, "forward is not traceable by torch.fx (fx=False fuses it)", pair.linear)
+            warnings.warn(
+                f"convert: the forward of {type(model).__name__} is not traceable by torch.fx, so convert cannot check "
+                "how it uses its modules: no Linear+ReLU is fused. If forward calls its nn.Sequentials only as a whole, "
+                "convert(model, fx=False) fuses the pairs inside them.",
+                stacklevel=2,
+            )
+            if prelu:
+                _convert_prelus(model, rep)
+            return _finish(model, rep, report)
+        before = {mode: _graph_key(gm, model) for mode, (gm, _) in traces.items()}
+        uses.calls = _call_counts(traces[True][0]) | _call_counts(traces[False][0])
+        verdicts = {}
+        for gm, _ in traces.values():
+            for key, verdict in _pair_verdicts(model, gm, pairs).items():
+                verdicts[key] = verdicts.get(key) or verdict
+        fused = _convert_sequentials(pairs, uses, verdicts, rep)
+        prelus = _convert_prelus(model, rep) if prelu else []
+        if fused or prelus:
+            # The model's own forward runs on the converted modules: if it
+            # inspects them (isinstance, identity, attributes), its trace
+            # changes. Then nothing is converted in place.
+            was = {id(getattr(p.seq, p.linear_name)): id(p.linear) for p in fused}
+            was.update({id(getattr(p.seq, p.relu_name)): id(p.relu) for p in fused})
+            was.update({id(getattr(parent, name)): id(original) for parent, name, original, _ in prelus})
+            after = _trace_modes(model)
+            if any(gm is None or _graph_key(gm, model, was) != before[mode] for mode, (gm, _) in after.items()):
+                _undo(fused, prelus, rep)
+                rep.notes.append("forward takes another path once its modules are converted: none converted in place")
+        # Linears outside Sequentials fuse only in a traced GraphModule, which
+        # keeps only what torch.fx records (docs/usage.md): asked for with fx=True.
+        refuse = None
+        if fx == "auto":
+            refuse = "fusing it takes a traced GraphModule: convert(model, fx=True)"
+        elif before[True] != before[False]:
+            refuse = "forward differs between train and eval mode (a traced GraphModule would freeze it)"
+        elif mutates:
+            refuse = "forward changes the model's tensors in place (a traced GraphModule would not)"
+        elif _has_hooks(model):
+            refuse = "the model has hooks (a traced GraphModule would drop them)"
+        if refuse is not None and fx is True:
+            rep.notes.append(f"no conversion through torch.fx: {refuse}")
+        converted, changed = _convert_fx(model, uses, rep, refuse)
+        if changed:
+            model = converted
         return _finish(model, rep, report)
-    before = {mode: _graph_key(gm, model) for mode, (gm, _) in traces.items()}
-    uses.calls = _call_counts(traces[True][0]) | _call_counts(traces[False][0])
-    verdicts = {}
-    for gm, _ in traces.values():
-        for key, verdict in _pair_verdicts(model, gm, pairs).items():
-            verdicts[key] = verdicts.get(key) or verdict
-    fused = _convert_sequentials(pairs, uses, verdicts, rep)
-    prelus = _convert_prelus(model, rep) if prelu else []
-    if fused or prelus:
-        # The model's own forward runs on the converted modules: if it
-        # inspects them (isinstance, identity, attributes), its trace
-        # changes. Then nothing is converted in place.
-        was = {id(getattr(p.seq, p.linear_name)): id(p.linear) for p in fused}
-        was.update({id(getattr(p.seq, p.relu_name)): id(p.relu) for p in fused})
-        was.update({id(getattr(parent, name)): id(original) for parent, name, original, _ in prelus})
-        after, _ = _trace_modes(model)
-        if any(gm is None or _graph_key(gm, model, was) != before[mode] for mode, (gm, _) in after.items()):
-            _undo(fused, prelus, rep)
-            rep.notes.append("forward takes another path once its modules are converted: none converted in place")
-    # Linears outside Sequentials fuse only in a traced GraphModule, which
-    # keeps only what torch.fx records (docs/usage.md): asked for with fx=True.
-    refuse = None
-    if fx == "auto":
-        refuse = "fusing it takes a traced GraphModule: convert(model, fx=True)"
-    elif before[True] != before[False]:
-        refuse = "forward differs between train and eval mode (a traced GraphModule would freeze it)"
-    elif mutates:
-        refuse = "forward changes the model's tensors in place (a traced GraphModule would not)"
-    elif _has_hooks(model):
-        refuse = "the model has hooks (a traced GraphModule would drop them)"
-    if refuse is not None and fx is True:
-        rep.notes.append(f"no conversion through torch.fx: {refuse}")
-    converted, changed = _convert_fx(model, uses, rep, refuse)
-    if changed:
-        model = converted
-    return _finish(model, rep, report)
 
 
 def _global_hooks() -> str:
@@ -550,7 +551,7 @@ def revert(model: nn.Module, *, report: bool = False):
     for name, mod in list(model.named_modules()):
         slots = _slots(mod)
         for i, (child_name, child) in enumerate(slots):
-            full = f"{name}.{child_name}" if name else child_name
+            full = _qualname(name, child_name)
             if isinstance(child, FusedLinearReLU):
                 origin = getattr(child, _ORIGIN, None)
                 nxt = slots[i + 1][1] if i + 1 < len(slots) else None

@@ -1,6 +1,6 @@
 // The bfloat16 forward of fused_linear_relu on Intel AMX tiles, free of
 // ATen: relu(x @ W^T + bias) and its 1-bit mask, written from each finished
-// 32 x 32 block of the product while it is in L1 (oneDNN's post-ops cannot
+// block of the product while it is in cache (oneDNN's post-ops cannot
 // write a mask, and its ReLU maps NaN to 0). Where it runs instead of oneDNN,
 // and what it wins there: docs/cpu_gemm.md (gemm.cpp holds the choice).
 //

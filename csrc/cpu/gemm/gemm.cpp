@@ -705,10 +705,11 @@ Tensor dnnl_mm(const Tensor& a, const Tensor& b, Tensor c, bool accumulate, cons
 }
 
 // Our AMX bfloat16 forward (amx_bf16.h): W packed per call (in parallel),
-// then each thread runs whole 32-row blocks (amx::kRows), whose bias, ReLU and mask bits
-// are applied to each finished 32 x 32 block in L1: no pass over the output
-// afterwards, no scan of the inputs (NaN and Inf stay in their rows; the
-// tiles read subnormal inputs as zero), and no dependence on the thread count.
+// then each thread runs whole 32-row blocks (amx::kRows), whose bias, ReLU
+// and mask bits are applied to each finished block of rows while its
+// accumulators are in cache: no pass over the output afterwards, no scan of the inputs (NaN and Inf
+// stay in their rows; the tiles read subnormal inputs as zero), and no dependence on the thread
+// count.
 Tensor amx_mm(const Tensor& a, const Tensor& b, Tensor c, const Epilogue& ep) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   const auto unit_columns = [](const Tensor& t) { return t.size(1) == 1 || t.stride(1) == 1; };
