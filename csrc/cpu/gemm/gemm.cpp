@@ -195,23 +195,12 @@ constexpr int64_t kShortK = 16;
 constexpr int64_t kHugeMacs = int64_t{1} << 33;
 constexpr int64_t kDnnlBf16Macs = int64_t{1} << 28;
 constexpr int64_t kGemvWeight = int64_t{1} << 18;
-// Our AMX bfloat16 forward (amx_bf16.h) against both oneDNN routes, on Intel
-// with AMX (docs/cpu_gemm.md, session 8 with the one-instruction rounding
-// and 32-row blocks): 0.77-0.95x their time for weights of up to 2^17
-// elements with 32+ outputs and reductions of up to 1024, at any row count
-// (2048x13x512 0.81x, 2048x256x64 0.77x, 2048x128x1024 0.88x, 16x512x256
-// 0.95x, one row even); for weights of up to 2^19 with short reductions,
-// which write far more than they read: k <= 64 from 64 rows (64x64x4096
-// 0.71x, 2048x64x4096 0.71x, 8192x64x1024 0.87x), k <= 128 from 512 rows
-// (512x128x2048 0.78x, 2048x128x4096 0.83x, 8192x128x4096 0.90x). Slower
-// elsewhere: it packs the weight on every call (1-256 rows of 2^20+
-// weights: 1.5-2.7x), and oneDNN's kernels are faster on compute-bound
-// products (2048x1024x1024 1.03x, 2048x4096x4096 1.14x). With the mask,
-// which the libraries' routes write in a pass of their own, it also won on
-// products that write at least as much as they read with reductions of
-// 32-256 (256x64x4096 0.93x, 1024x256x4096 0.95x, 8192x128x4096 0.87x) and
-// on 8192 rows with weights of up to 2^20 elements (8192x1024x1024 0.85x,
-// 8192x256x1024 0.68x).
+// Where our AMX bfloat16 forward (amx_bf16.h) beat both oneDNN routes on
+// Intel with AMX: small weights at any row count, short reductions that
+// write far more than they read, and masked forwards that write much (the
+// libraries' routes pay a pass for the mask). It packs W on every call and
+// loses on large weights and compute-bound products. Measurements behind
+// each bound: docs/cpu_gemm.md (amx sections, session 8).
 constexpr int64_t kAmxWeight = int64_t{1} << 17;
 constexpr int64_t kAmxShortKWeight = int64_t{1} << 19;
 constexpr int64_t kAmxShortK = 64, kAmxShortKRows = 64;
